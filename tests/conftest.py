@@ -1,0 +1,122 @@
+"""Test tiers: core tests run anywhere; ``integration`` tests need a real ComfyUI (see harness.py).
+
+Without ComfyUI the integration tests are skipped and one line says how many and why; with it,
+one session-wide server runs them all and the summary says how many ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import harness
+
+COMFYUI = harness.find_comfyui()
+_counts = {"integration_collected": 0}
+
+
+def pytest_collection_modifyitems(config, items):
+    integration = [item for item in items if item.get_closest_marker("integration")]
+    _counts["integration_collected"] = len(integration)
+    if COMFYUI is None:
+        skip = pytest.mark.skip(reason="no ComfyUI found at $COMFYUI_PATH or ~/comfy/ComfyUI")
+        for item in integration:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = _counts["integration_collected"]
+    if COMFYUI is None:
+        terminalreporter.write_line(
+            f"integration: {n} tests SKIPPED because no ComfyUI was found at $COMFYUI_PATH or ~/comfy/ComfyUI "
+            "(set COMFYUI_PATH to a ComfyUI 0.18.1 work tree to run them)")
+        return
+    stats = terminalreporter.stats
+    ran = [r for key in ("passed", "failed", "error") for r in stats.get(key, [])
+           if getattr(r, "when", "call") == "call" and "integration" in getattr(r, "keywords", {})]
+    terminalreporter.write_line(f"integration: {len(ran)} of {n} tests ran against the real ComfyUI at {COMFYUI}")
+
+
+class Lab:
+    """A running ComfyUI with this pack and the tiny models, plus helpers to read its outputs."""
+
+    def __init__(self, server: harness.ComfyServer):
+        self.server = server
+        self.url = server.url
+        self.client = harness.ComfyClient(server.url, timeout=120)
+        self.base = server.base
+        self.output = server.base / "output"
+
+    def run(self, api: dict, timeout: float = 600.0):
+        """Queue an API prompt and wait; returns the zlab RunResult (outputs per node)."""
+        return self.client.run(api, timeout=timeout, progress=False)
+
+    def file(self, record: dict) -> Path:
+        return self.output / record.get("subfolder", "") / record["filename"]
+
+    def latents(self, result, node_id: str):
+        """Tensors saved by a SaveLatent node of a finished prompt."""
+        from safetensors.torch import load_file
+
+        return [load_file(str(self.file(r)))["latent_tensor"] for r in result.outputs[node_id]["latents"]]
+
+    def images(self, result, node_id: str):
+        """uint8 arrays saved by a SaveImage node of a finished prompt."""
+        import numpy as np
+        from PIL import Image
+
+        return [np.asarray(Image.open(self.file(r))) for r in result.outputs[node_id]["images"]]
+
+    def workflow(self, name: str, image_size: int = 64) -> dict:
+        """A shipped API workflow with the tiny models swapped in and small images."""
+        api = json.loads((harness.REPO / "workflows" / "api" / name).read_text())
+        return harness.shrink_images(harness.use_tiny_models(api), image_size)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """One real ComfyUI server for the whole session, stopped whatever happens."""
+    if COMFYUI is None:
+        pytest.skip("no ComfyUI found at $COMFYUI_PATH or ~/comfy/ComfyUI")
+    workdir = Path(tempfile.mkdtemp(prefix="zimage-lab-tests-"))
+    server = harness.ComfyServer(COMFYUI, harness.make_base(COMFYUI, workdir / "base"))
+    try:
+        server.start()
+        yield Lab(server)
+    finally:
+        server.stop()
+        artifacts = os.environ.get("ZLAB_TEST_ARTIFACTS")
+        if artifacts:
+            shutil.copy(server.log_path, Path(artifacts) / "server.log")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def comfyui_path():
+    if COMFYUI is None:
+        pytest.skip("no ComfyUI found")
+    return COMFYUI
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return harness.REPO
+
+
+@pytest.fixture(scope="session")
+def node_schema():
+    """Stock ComfyUI 0.18.1 node schema plus this pack's, as shipped with the tests."""
+    schema = json.loads((harness.DATA / "object_info-0.18.1.json").read_text())
+    schema.update(json.loads((harness.DATA / "object_info-zimage-lab.json").read_text()))
+    return schema
+
+
+@pytest.fixture(scope="session")
+def python():
+    return sys.executable
