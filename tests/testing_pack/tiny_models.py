@@ -85,11 +85,24 @@ def build_qwen3(qwen3_config: dict = QWEN3_CONFIG, seed: int = 1) -> dict:
 
 
 def build_taesd(seed: int = 2) -> dict:
-    """State dict of a random 16-channel TAESD, which the stock VAELoader accepts as a VAE."""
+    """State dict of a random 16-channel TAESD, which the stock VAELoader accepts as a VAE.
+
+    Fan-in scaled weights (gain 0.8) and a mid-grey output bias keep decoded images varied
+    rather than saturated, so image metrics and pixel comparisons see real structure.
+    """
     import comfy.taesd.taesd
 
     model = comfy.taesd.taesd.TAESD(latent_channels=16)
-    randomize_(model, seed, std=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.8 / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+        model.vae_scale.fill_(1.0)
+        model.vae_shift.fill_(0.0)
+        model.taesd_decoder[-1].bias.fill_(0.5)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
