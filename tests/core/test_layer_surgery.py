@@ -1,10 +1,13 @@
 """core.layer_surgery: parsing, windows, edit composition and block swapping on a toy residual stack."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from core import layer_surgery as ls
+from zlab import workflow as wf
 
 
 def flow_percent_to_sigma(shift=3.0):
@@ -211,3 +214,29 @@ def test_describe_lists_each_change():
     assert "context-refiner blocks: run nothing (skipped)" in text
     assert "main layers skipped: 3 (10%-60% of the schedule)" in text and "5 x0.5" in text
     assert ls.describe([]) == "no change (stock model)"
+
+
+# ---------------------------------------------------------------- shipped files
+
+def test_layer_sweep_spec_points_at_its_shipped_workflow(repo):
+    spec = json.loads((repo / "sweeps" / "layer_ablation.json").read_text())
+    assert set(spec) == {"workflow", "mode", "inputs", "seeds"} and spec["mode"] == "grid"
+    assert spec["seeds"] and all(isinstance(s, int) for s in spec["seeds"])
+    api = json.loads((repo / spec["workflow"]).read_text())
+    (key, values), = spec["inputs"].items()
+    title, name = key.rsplit(".", 1)
+    (nid,) = wf.find_nodes(api, title)
+    assert api[nid]["class_type"] == "ZImageLabLayerAblation" and name in api[nid]["inputs"]
+    assert values[0] == ""  # the stock baseline row
+    assert [ls.parse_layer_set(v, 30) for v in values[1:]] == [[i] for i in range(30)]
+
+
+def test_slg_workflow_uses_the_research_preset(repo):
+    api = json.loads((repo / "workflows" / "api" / "zimage_slg.json").read_text())
+    (nid,) = wf.find_nodes(api, "ZImageLabSkipLayerGuidance")
+    inputs = api[nid]["inputs"]
+    assert (inputs["layers"], inputs["scale"], inputs["start_percent"], inputs["end_percent"]) == ("7-12", 2.5, 0.05, 0.5)
+    assert ls.SLG_PRESET == {"layers": "7-12", "scale": 2.5, "start_percent": 0.05, "end_percent": 0.5}
+    for sampler in wf.find_nodes(api, "ZImageLabSampler"):
+        assert api[sampler]["inputs"]["steps"] == 8 and api[sampler]["inputs"]["cfg"] == 1.0
+    assert api[wf.find_nodes(api, "EmptySD3LatentImage")[0]]["inputs"]["width"] == 1024

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import harness
 from core import sampler as core_sampler
+from zlab import workflow as wf
 from zlab.api import ComfyError
 
 pytestmark = pytest.mark.integration
@@ -348,3 +349,46 @@ def test_nodes_report_what_they_did(lab):
     abl_info = json.loads(result.outputs["11_show"]["text"][0])
     assert abl_info["layers"] == [3, 5, 6]
     assert abl_info["edits"][0]["scales"] == {"3": 0.0, "5": 0.0, "6": 0.0}
+
+
+# ---------------------------------------------------------------- shipped workflows
+
+def run_images(lab, api, *save_ids):
+    result = lab.run(api)
+    images = [lab.images(result, nid)[0] for nid in save_ids]
+    for image in images:
+        assert image.shape == (64, 64, 3) and image.std() > 0
+    return images
+
+
+def test_slg_workflow_guides_and_scale_zero_is_stock(lab):
+    api = lab.workflow("zimage_slg.json")
+    slg_image, stock_image = run_images(lab, api, "9", "12")
+    assert (slg_image != stock_image).any()
+    off = wf.set_input(api, "Skip-Layer Guidance.scale=0")
+    slg_image, stock_image = run_images(lab, off, "9", "12")
+    assert (slg_image == stock_image).all()
+
+
+def test_refiner_skip_workflow_changes_the_image_and_defaults_are_stock(lab):
+    api = lab.workflow("zimage_refiner_ablation.json")
+    ablated, stock = run_images(lab, api, "9", "12")
+    assert (ablated != stock).any()
+    ablated, stock = run_images(lab, wf.set_input(api, 'Refiner Ablation.context_blocks="all"'), "9", "12")
+    assert (ablated == stock).all()
+
+
+def test_layer_sweep_spec_runs_on_its_workflow(lab, repo):
+    spec = json.loads((repo / "sweeps" / "layer_ablation.json").read_text())
+    api = json.loads((repo / spec["workflow"]).read_text())
+    api = harness.shrink_images(harness.use_tiny_models(api), 64)
+    (key, values), = spec["inputs"].items()
+    images = {}
+    for value in (values[0], values[1], values[13]):  # baseline, layer 0, layer 12
+        row = wf.set_input(api, f"{key}={json.dumps(value)}")
+        row, count = wf.set_every(row, ("seed",), spec["seeds"][0])
+        assert count == 2
+        images[value] = run_images(lab, row, "9", "12")
+    assert (images[""][0] == images[""][1]).all()  # no ablation = stock
+    assert (images["0"][0] != images["0"][1]).any() and (images["12"][0] != images["12"][1]).any()
+    assert (images["0"][0] != images["12"][0]).any()

@@ -141,3 +141,16 @@ def test_out_of_range_positions_get_a_clear_error(lab):
         lab.run(api)
     assert "failed in node 10 (ZImageLabTokenManipulate)" in str(err.value)
     assert "positions: position" in str(err.value) and "is out of range" in str(err.value)
+
+
+def test_token_shuffle_workflow(lab):
+    from zlab import workflow as wf
+
+    api = lab.workflow("zimage_token_shuffle.json")
+    result = lab.run(api)
+    shuffled, stock = lab.images(result, "9")[0], lab.images(result, "12")[0]
+    assert shuffled.shape == stock.shape == (64, 64, 3)
+    assert (shuffled != stock).any()
+    assert "shuffle with seed 0" in result.outputs["6"]["text"][0]
+    result = lab.run(wf.set_input(api, "Token Manipulate.mode=none"))
+    assert (lab.images(result, "9")[0] == lab.images(result, "12")[0]).all()
