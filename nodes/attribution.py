@@ -130,7 +130,8 @@ class TokenAttribution(io.ComfyNode):
                 io.String.Output("ranking", tooltip="JSON: units ranked by mean pixel change, with scores and the shortened prompts."),
                 io.Mask.Output("maps", tooltip="The raw change maps (mean |difference| over channels, 0..1), prompt order."),
                 io.Image.Output("images", tooltip="The full prompt's image, then each shortened prompt's image (prompt order)."),
-                io.Latent.Output("LATENT", tooltip="The full prompt's latent (equal to the Z-Image Sampler's with this seed)."),
+                io.Latent.Output("latents", tooltip="The full prompt's latent (equal to the Z-Image Sampler's with this seed), "
+                                                    "then each shortened prompt's latent, in the order of images."),
             ],
         )
 
@@ -171,14 +172,18 @@ class TokenAttribution(io.ComfyNode):
                                   callback=progress.callback())
         base_image = decode(vae, base_out["samples"])[0]
         images = {base_key: base_image}
+        latents = {base_key: base_out["samples"][0]}
         for keys in passes:
             positive = batch_conditioning([conds[k] for k in keys]) if len(keys) > 1 else conds[keys[0]]
             out, _ = sample_rows(model, positive, negative, latent_image, [seed] * len(keys), *settings,
                                  callback=progress.callback())
-            for key, image in zip(keys, decode(vae, out["samples"])):
+            for key, image, sample in zip(keys, decode(vae, out["samples"]), out["samples"]):
                 images[key] = image
+                latents[key] = sample
 
-        variant_images = torch.stack([images[token_ids(t)] for t in variant_tokens])
+        variant_keys = [token_ids(t) for t in variant_tokens]
+        variant_images = torch.stack([images[k] for k in variant_keys])
+        all_latents = {"samples": torch.stack([latents[base_key]] + [latents[k] for k in variant_keys]).cpu()}
         maps = torch.stack([core.change_map(image, base_image) for image in variant_images])
         rows = core.ranking(variants, maps)
         rank_of = {r["order"]: r for r in rows}
@@ -192,8 +197,9 @@ class TokenAttribution(io.ComfyNode):
         info = {**{k: v for k, v in record.__dict__.items() if k != "extra"}, "prompt": prompt, "unit": unit,
                 "sampling_passes": 1 + len(passes), "batch_size": batch_size}
         return io.NodeOutput(overlays, core.to_json(info, rows), maps.cpu(),
-                             torch.cat([base_image[None], variant_images]).cpu(), base_out,
-                             ui={**ui.PreviewImage(overlays, cls=cls).as_dict(), "text": [core.describe(rows)]})
+                             torch.cat([base_image[None], variant_images]).cpu(), all_latents,
+                             ui={**ui.PreviewImage(overlays, cls=cls).as_dict(), "text": [core.describe(rows)],
+                                 "ranking": rows})
 
     @staticmethod
     def variants(clip, prompt: str, base_tokens: dict, unit: str, extra_words: list[str]):

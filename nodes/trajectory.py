@@ -123,7 +123,7 @@ class Trajectory(io.ComfyNode):
         summary = "\n".join(
             f"step {r['step']}: sigma {r['sigma']:.4f}  |x| {r['latent_norm']:.2f}  |x0| {r['x0_norm']:.2f}" for r in rows)
         return io.NodeOutput(out, x0_images, {"samples": x0_latents}, plot, text,
-                             ui={**ui.PreviewImage(plot, cls=cls).as_dict(), "text": [summary]})
+                             ui={**ui.PreviewImage(plot, cls=cls).as_dict(), "text": [summary], "trajectory": rows})
 
 
 NODES = [Trajectory]
