@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 from comfy_api.latest import io, ui
@@ -90,7 +91,7 @@ class EmbeddingStats(io.ComfyNode):
         table = as_image_tensor(core.table_image(rows, f"embedding statistics ({tokens} tokens)"))
         text = "\n".join(", ".join(f"{k} {core.format_value(v)}" for k, v in r.items()) for r in rows)
         return io.NodeOutput(json.dumps(info, indent=1), table,
-                             ui={**ui.PreviewImage(table, cls=cls).as_dict(), "text": [text]})
+                             ui={**ui.PreviewImage(table, cls=cls).as_dict(), "text": [text], "stats": [info]})
 
 
 def pair_rows(n: int, n_ref: int, what: str) -> list[int]:
@@ -144,7 +145,8 @@ class ImageMetrics(io.ComfyNode):
             row = {"image": i, **core.image_metrics(image[i], edge_threshold)}
             if refs is not None:
                 d = core.pixel_distance(image[i], reference[refs[i]])
-                row.update({"pixel_rmse": d["rmse"], "pixel_mae": d["mae"], "psnr": d["psnr"]})
+                # identical images have infinite PSNR; JSON (and the browser) has no infinity, so it is reported as null
+                row.update({"pixel_rmse": d["rmse"], "pixel_mae": d["mae"], "psnr": d["psnr"] if math.isfinite(d["psnr"]) else None})
             rows.append(row)
         latent_rows = []
         if latent is not None:
@@ -162,7 +164,7 @@ class ImageMetrics(io.ComfyNode):
         text = "\n".join(", ".join(f"{k} {core.format_value(v)}" for k, v in r.items()) for r in table_rows)
         return io.NodeOutput(json.dumps(info, indent=1), table, mean("sharpness", rows), mean("edge_density", rows),
                              mean("colourfulness", rows), mean("pixel_rmse", rows), mean("latent_rmse", latent_rows),
-                             ui={**ui.PreviewImage(table, cls=cls).as_dict(), "text": [text]})
+                             ui={**ui.PreviewImage(table, cls=cls).as_dict(), "text": [text], "metrics": [info]})
 
 
 NODES = [EmbeddingStats, ImageMetrics]
