@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -132,8 +132,12 @@ def describe(rows: list[dict]) -> str:
                      for r in rows)
 
 
-def overlays(base: np.ndarray, maps: np.ndarray, titles: list[str], min_size: int = 256, alpha: float = 0.6) -> np.ndarray:
-    """Heatmaps of maps [K, H, W] over the base image [H, W, 3] (0..1), one common scale, titled: uint8 [K, H', W', 3]."""
+def overlays(base: np.ndarray, maps: np.ndarray, titles: list[str], min_size: int = 256, alpha: float = 0.85) -> np.ndarray:
+    """Heatmaps of maps [K, H, W] over the base image [H, W, 3] (0..1), titled: uint8 [K, H', W', 3].
+
+    One colour scale for every map (0 .. the largest change of any unit), and the heat's opacity
+    grows with the change, so unchanged pixels show the image itself.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,6 +147,7 @@ def overlays(base: np.ndarray, maps: np.ndarray, titles: list[str], min_size: in
     scale = max(1.0, min_size / min(height, width))
     w_px, h_px, band = int(round(width * scale)), int(round(height * scale)), 30
     vmax = float(maps.max()) if maps.size else 0.0
+    cmap = matplotlib.colormaps["inferno"]
     dpi = 100
     out = []
     for heat, title in zip(maps, titles):
@@ -151,7 +156,10 @@ def overlays(base: np.ndarray, maps: np.ndarray, titles: list[str], min_size: in
             ax = fig.add_axes([0, 0, 1, h_px / (h_px + band)])
             ax.imshow(base, interpolation="nearest")
             if vmax > 0:
-                ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=vmax, alpha=alpha, interpolation="nearest")
+                level = np.clip(heat / vmax, 0.0, 1.0)
+                rgba = cmap(level)
+                rgba[..., 3] = alpha * np.sqrt(level)
+                ax.imshow(rgba, interpolation="nearest")
             ax.axis("off")
             fig.text(0.5, 1 - (band / 2) / (h_px + band), title, ha="center", va="center", fontsize=10)
             fig.canvas.draw()
@@ -159,8 +167,3 @@ def overlays(base: np.ndarray, maps: np.ndarray, titles: list[str], min_size: in
         finally:
             plt.close(fig)
     return np.stack(out) if out else np.zeros((0, h_px + band, w_px, 3), dtype=np.uint8)
-
-
-def variant_dict(v: Variant) -> dict:
-    """A variant as JSON-able metadata."""
-    return asdict(v)

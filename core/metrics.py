@@ -189,7 +189,8 @@ def table_image(rows: list[dict], title: str = "", row_height_px: int = 28) -> n
 
     columns = list(rows[0]) if rows else ["(no rows)"]
     cells = [[format_value(r.get(c, "")) for c in columns] for r in rows] or [[""]]
-    width_px = max(480, 110 * len(columns))
+    chars = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    width_px = max(480, sum(8 * n + 24 for n in chars))
     height_px = row_height_px * (len(cells) + 1) + (40 if title else 12)
     dpi = 100
     fig = plt.figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
@@ -200,6 +201,7 @@ def table_image(rows: list[dict], title: str = "", row_height_px: int = 28) -> n
         table.auto_set_font_size(False)
         table.set_fontsize(9)
         table.scale(1.0, 1.3)
+        table.auto_set_column_width(list(range(len(columns))))
         for (row, _), cell in table.get_celld().items():
             if row == 0:
                 cell.set_facecolor("#dde4ee")

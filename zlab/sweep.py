@@ -608,36 +608,42 @@ def contact_sheet(spec: Spec, all_cells: list[Cell], rows: list[dict], out_dir: 
     row_keys = list(dict.fromkeys(row_key(c) for c in all_cells))
     col_keys = list(dict.fromkeys(col_key(c) for c in all_cells))
     grid = {(row_key(c), col_key(c)): c for c in all_cells}
-    if not any(r.get("image") for r in rows):
+    first = next((r for r in rows if r.get("image")), None)
+    if first is None:
         return None
+    with Image.open(out_dir / first["image"]) as im:
+        size = min(thumb, max(im.size))  # never blow small images up
     try:
         font = ImageFont.load_default(size=14)
     except TypeError:
         font = ImageFont.load_default()
-    label_w, header_h, pad = 200, 44, 4
 
     def text(items):
         return ", ".join(f"{short(a) if a != 'seed' else a}={v}" for a, v in items)
 
-    sheet = Image.new("RGB", (label_w + len(col_keys) * (thumb + pad), header_h + len(row_keys) * (thumb + pad)), "white")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad, header_h = 6, 48
+    label_w = int(max(measure.textlength(text(rk), font=font) for rk in row_keys)) + 2 * pad
+    tile_w = max(size, int(max(measure.textlength(text(ck), font=font) for ck in col_keys)) + pad)
+    sheet = Image.new("RGB", (label_w + len(col_keys) * (tile_w + pad), header_h + len(row_keys) * (size + pad)), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, pad), spec.name, fill="black", font=font)
+    draw.text((pad, pad), spec.name + (f": {spec.description}" if spec.description else ""), fill="black", font=font)
     for j, ck in enumerate(col_keys):
-        draw.text((label_w + j * (thumb + pad) + pad, header_h - 20), text(ck), fill="black", font=font)
+        draw.text((label_w + j * (tile_w + pad), header_h - 20), text(ck), fill="black", font=font)
     for i, rk in enumerate(row_keys):
-        y = header_h + i * (thumb + pad)
-        draw.text((pad, y + thumb // 2 - 7), text(rk), fill="black", font=font)
+        y = header_h + i * (size + pad)
+        draw.text((pad, y + size // 2 - 7), text(rk), fill="black", font=font)
         for j, ck in enumerate(col_keys):
-            x = label_w + j * (thumb + pad)
+            x = label_w + j * (tile_w + pad)
             cell = grid.get((rk, ck))
             row = by_id.get(cell.id) if cell is not None else None
             if row is None or not row.get("image"):
-                draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill="#cccccc")
-                draw.text((x + 8, y + thumb // 2 - 7), "missing", fill="black", font=font)
+                draw.rectangle([x, y, x + size - 1, y + size - 1], fill="#cccccc")
+                draw.text((x + 4, y + size // 2 - 7), "missing", fill="black", font=font)
                 continue
             with Image.open(out_dir / row["image"]) as im:
                 tile = im.convert("RGB")
-                tile.thumbnail((thumb, thumb))
+                tile.thumbnail((size, size))
                 sheet.paste(tile, (x, y))
     path = out_dir / "contact_sheet.png"
     tmp = out_dir / "contact_sheet.png.tmp"
