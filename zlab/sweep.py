@@ -462,10 +462,16 @@ class Runner:
                     self.todo.put(cell)
                     self.log(f"server {url} is unreachable; its cells go to the other servers")
                     return
-                self.failed.append((cell, str(e)))
-                self.results.append({"cell": cell.id, "label": cell.label, "status": "error", "error": str(e),
-                                     "server": url, "seed": cell.seed, "params": cell.params})
-                self.log(f"cell {cell.label} failed: {e}")
+                self.fail(cell, url, str(e))
+            except Exception as e:  # an unreadable output file, a full disk: record it and go on with the others
+                self.fail(cell, url, f"{type(e).__name__}: {e}")
+
+    def fail(self, cell: Cell, url: str, error: str) -> None:
+        """Record a failed cell (retried on the next run) and tell the user."""
+        self.failed.append((cell, error))
+        self.results.append({"cell": cell.id, "label": cell.label, "status": "error", "error": error,
+                             "server": url, "seed": cell.seed, "params": cell.params})
+        self.log(f"cell {cell.label} failed: {error}")
 
     @staticmethod
     def reachable(client: ComfyClient) -> bool:
