@@ -185,3 +185,21 @@ def test_shipped_workflow_runs_and_blends_the_seeds(lab):
     (blend,) = lab.images(result, "12")
     assert np.abs(seed_images - seed_images[:1]).max() > 0  # distinct seeds
     assert np.abs(blend - seed_images.mean(axis=0)).max() <= 1.0  # pixel mean, up to 8-bit rounding
+
+
+def test_one_seed_with_real_cfg_equals_the_sampler(lab):
+    api = base_graph()
+    api["4"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["3", 0]}}
+    api["8"] = lab_sampler(9, steps=3)
+    api["8"]["inputs"].update({"cfg": 2.5, "negative": ["4", 0]})
+    api["9"] = save("8", 0, "cfg_sampler")
+    api["20"] = ensemble(["1", 0], "9", "prediction average", steps=3)
+    api["20"]["inputs"].update({"cfg": 2.5, "negative": ["4", 0]})
+    api["21"] = save("20", 0, "cfg_one")
+    api["30"] = ensemble(["1", 0], "9, 10", "prediction average", steps=3)
+    api["30"]["inputs"].update({"cfg": 2.5, "negative": ["4", 0]})
+    api["31"] = save("30", 1, "cfg_two")
+    result = lab.run(api)
+    assert torch.equal(latent(lab, result, "21"), latent(lab, result, "9"))
+    two = latent(lab, result, "31")
+    assert two.shape[0] == 2 and float((two[0] - two[1]).abs().max()) < 1e-5  # averaged after CFG: one image
