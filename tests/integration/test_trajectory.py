@@ -1,6 +1,5 @@
 """Trajectory recorder on a real ComfyUI: the final latent is the sampler's, the numbers are the model's."""
 
-import json
 import uuid
 
 import numpy as np
