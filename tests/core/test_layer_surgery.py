@@ -218,17 +218,19 @@ def test_describe_lists_each_change():
 
 # ---------------------------------------------------------------- shipped files
 
-def test_layer_sweep_spec_points_at_its_shipped_workflow(repo):
-    spec = json.loads((repo / "sweeps" / "layer_ablation.json").read_text())
-    assert set(spec) == {"workflow", "mode", "inputs", "seeds"} and spec["mode"] == "grid"
-    assert spec["seeds"] and all(isinstance(s, int) for s in spec["seeds"])
-    api = json.loads((repo / spec["workflow"]).read_text())
-    (key, values), = spec["inputs"].items()
-    title, name = key.rsplit(".", 1)
-    (nid,) = wf.find_nodes(api, title)
-    assert api[nid]["class_type"] == "ZImageLabLayerAblation" and name in api[nid]["inputs"]
-    assert values[0] == ""  # the stock baseline row
+def test_layer_sweep_spec_is_a_valid_sweep_of_every_layer(repo, node_schema):
+    from zlab import sweep
+
+    spec = sweep.load_spec(str(repo / "sweeps" / "layer_ablation.json"))
+    assert spec.workflow == str(repo / "workflows" / "api" / "zimage_layer_sweep.json")
+    base = sweep.validate(wf.load(spec.workflow), spec, node_schema)
+    (nid,) = wf.find_nodes(base, "Layer Ablation")
+    assert base[nid]["class_type"] == "ZImageLabLayerAblation" and base[nid]["inputs"]["scale"] == 0.0
+    values = spec.params["Layer Ablation.layers"]
+    assert values[0] == ""  # the stock baseline, which every row is compared with
+    assert spec.reference == {"Layer Ablation.layers": ""}
     assert [ls.parse_layer_set(v, 30) for v in values[1:]] == [[i] for i in range(30)]
+    assert len(sweep.cells(spec)) == 31 * len(spec.seeds)
 
 
 def test_slg_workflow_uses_the_research_preset(repo):

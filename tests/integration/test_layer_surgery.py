@@ -378,17 +378,34 @@ def test_refiner_skip_workflow_changes_the_image_and_defaults_are_stock(lab):
     assert (ablated == stock).all()
 
 
-def test_layer_sweep_spec_runs_on_its_workflow(lab, repo):
+def test_layer_sweep_spec_runs_through_the_sweep_runner(lab, repo, tmp_path):
+    # the shipped spec with three of its rows and one seed, on its own workflow made tiny, through `zlab sweep`
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
     spec = json.loads((repo / "sweeps" / "layer_ablation.json").read_text())
-    api = json.loads((repo / spec["workflow"]).read_text())
-    api = harness.shrink_images(harness.use_tiny_models(api), 64)
-    (key, values), = spec["inputs"].items()
-    images = {}
-    for value in (values[0], values[1], values[13]):  # baseline, layer 0, layer 12
-        row = wf.set_input(api, f"{key}={json.dumps(value)}")
-        row, count = wf.set_every(row, ("seed",), spec["seeds"][0])
-        assert count == 2
-        images[value] = run_images(lab, row, "9", "12")
-    assert (images[""][0] == images[""][1]).all()  # no ablation = stock
-    assert (images["0"][0] != images["0"][1]).any() and (images["12"][0] != images["12"][1]).any()
-    assert (images["0"][0] != images["12"][0]).any()
+    api = harness.shrink_images(harness.use_tiny_models(json.loads((repo / "workflows/api/zimage_layer_sweep.json").read_text())), 64)
+    (tmp_path / "tiny.json").write_text(json.dumps(api))
+    (key, values), = spec["params"].items()
+    spec.update(workflow="tiny.json", params={key: [values[0], values[1], values[13]]}, seeds=spec["seeds"][:1])
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "zlab", "sweep", str(tmp_path / "spec.json"), "--server", lab.url,
+                           "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["params"][key]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"", "0", "12"} and all(r["status"] == "ok" for r in rows.values())
+
+    def image(row):
+        return np.asarray(Image.open(out / row["image"]))
+
+    assert rows[""]["pixel_rmse"] == 0.0
+    assert rows["0"]["pixel_rmse"] > 0 and rows["12"]["pixel_rmse"] > 0
+    assert (image(rows["0"]) != image(rows["12"])).any()
+    # a row's image is the ablated one: the same as running the workflow directly with that layer
+    direct = run_images(lab, wf.set_every(wf.set_input(api, 'Layer Ablation.layers="12"'), ("seed",), spec["seeds"][0])[0],
+                        "9", "12")
+    assert (image(rows["12"]) == direct[0]).all() and (image(rows[""]) == direct[1]).all()
