@@ -12,6 +12,7 @@ from comfy_api.latest import ComfyExtension, io
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_models  # noqa: E402
+from prompt_probes import ConditioningProbe  # noqa: E402
 
 
 class TinyZImageLoader(io.ComfyNode):
@@ -53,7 +54,7 @@ class TinyQwen3Loader(io.ComfyNode):
 
 class TestingExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyZImageLoader, TinyQwen3Loader]
+        return [TinyZImageLoader, TinyQwen3Loader, ConditioningProbe]
 
 
 async def comfy_entrypoint():
