@@ -194,7 +194,8 @@ def fit_to_budget(tokens: torch.Tensor, mode: str, budget: int, content: tuple[i
     head, tail = keep_ends(length, budget, content)
     middle = budget - head - tail
     shrink = _SHRINK[mode]
-    rows = [torch.cat([t[:head], shrink(t[head:length - tail], middle), t[length - tail:]]) for t in tokens]
+    rows = [torch.cat([t[:head], shrink(t[head:length - tail], middle) if middle else t[:0], t[length - tail:]])
+            for t in tokens]
     out = torch.stack(rows)
     # the prompt's tokens are now the shrunk middle (mixed with the template's when those did not fit)
     new_span = None if content is None else (head, budget - tail)

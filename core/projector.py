@@ -66,8 +66,11 @@ def from_state_dict(state_dict: dict, info: dict | None = None) -> Projector:
     if not dtype.is_floating_point:
         raise ValueError(f"not a projector: its tensors are {dtype}")
     proj = proj.to(dtype)
-    missing, unexpected = proj.load_state_dict(sd, strict=False)
-    if unexpected or [k for k in missing if not k.endswith("bias")]:
+    try:
+        missing, unexpected = proj.load_state_dict(sd, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"projector tensors do not fit a {proj.describe()}: {str(e).splitlines()[-1].strip()}") from None
+    if unexpected or missing:
         raise ValueError(f"projector tensors do not fit a {proj.describe()}: missing {missing}, unexpected {unexpected}")
     proj.info = dict(info or {})
     return proj.eval().requires_grad_(False)
