@@ -1,65 +1,17 @@
 """Z-Image Qwen3 Encoder on a real ComfyUI: identity with CLIPTextEncode, layers, blends, cache, long prompts."""
 
-import json
 import time
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import harness
+from prompt_graphs import (TEMPLATE, cache_stats, encoder, expect_error, formatter, post, qwen_tokenizer,
+                           read_probe, with_probes)
 
 pytestmark = pytest.mark.integration
 
 PROMPT = "a red fox sitting in fresh snow at golden hour"
-TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"  # comfy/text_encoders/z_image.py
-CLIP = {"class_type": "ZImageLabTestTinyCLIPLoader", "inputs": {"clip_name": harness.TINY_FILES["clip_name"]}}
-
-
-def encoder(text, layer=-2, blend="", mode="none", budget=512, clip=("clip", 0)):
-    return {"class_type": "ZImageLabQwen3Encode", "inputs": {"clip": list(clip), "text": text, "layer": layer,
-            "layer_blend": blend, "long_prompt_mode": mode, "token_budget": budget}}
-
-
-def probe(source, name):
-    return {"class_type": "ZImageLabTestConditioningProbe", "inputs": {"conditioning": [source, 0], "filename_prefix": name}}
-
-
-def formatter(prompt, **kw):
-    inputs = {"prompt": prompt, "system_prompt": "", "preset": "none", "think_mode": "none", "thinking": "",
-              "assistant_prefill": "", **kw}
-    return {"class_type": "ZImageLabPromptFormatter", "inputs": inputs}
-
-
-def with_probes(nodes: dict, tag: str) -> dict:
-    """The graph plus one probe per conditioning node named in nodes (key -> node), all saved under tag."""
-    graph = {"clip": CLIP, **nodes}
-    for key, node in nodes.items():
-        if node["class_type"] in ("ZImageLabQwen3Encode", "CLIPTextEncode"):
-            graph[f"probe_{key}"] = probe(key, f"{tag}_{key}")
-    return graph
-
-
-def read_probe(lab, result, key):
-    """(tokens, attention_mask, zimage_lab record) saved by the probe of node key."""
-    (record,) = result.outputs[f"probe_{key}"]["probes"]
-    with safe_open(str(lab.file(record)), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return tensors["tokens"], tensors.get("attention_mask"), json.loads(meta["zimage_lab"])
-
-
-def cache_stats(lab):
-    return lab.client.get_json("/zimage_lab/encoder_cache")
-
-
-def post(lab, path, body):
-    import urllib.request
-
-    request = urllib.request.Request(lab.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.read()
 
 
 def tiny_transformers_qwen3(lab):
@@ -74,12 +26,6 @@ def tiny_transformers_qwen3(lab):
     model = Qwen3Model(config).eval()
     model.load_state_dict({k[len("model."):]: v.float() for k, v in sd.items()})
     return model
-
-
-def qwen_tokenizer(comfyui_path):
-    from transformers import Qwen2Tokenizer
-
-    return Qwen2Tokenizer.from_pretrained(str(comfyui_path / "comfy" / "text_encoders" / "qwen25_tokenizer"))
 
 
 def test_default_output_equals_clip_text_encode_exactly(lab):
@@ -106,7 +52,7 @@ def test_default_output_equals_clip_text_encode_exactly(lab):
         assert record["content_span"] == [3, stock.shape[1] - 5]   # the default template's 3 + 5 tokens
     assert read_probe(lab, result, "plain")[2]["template"] == "default"
     assert read_probe(lab, result, "formatted")[2]["template"] == "formatted"
-    assert stock.shape == (1, len(_comfy_ids(lab, TEMPLATE.format(PROMPT))), 128) and stock.abs().max() > 0
+    assert stock.shape == (1, len(token_ids(TEMPLATE.format(PROMPT))), 128) and stock.abs().max() > 0
     (a,), (b,) = lab.latents(result, "save_stock"), lab.latents(result, "save_plain")
     assert torch.equal(a, b)
 
@@ -120,7 +66,7 @@ def test_layers_match_stock_clip_layer_and_transformers_hidden_states(lab):
     assert torch.equal(got[-5], read_probe(lab, result, "stock5")[0])   # ComfyUI's own clip_layer(-5)
     for k in (-1, -5, -36):
         assert not torch.allclose(got[k], got[-2], atol=1e-3)
-    ids = [t for t, _ in _comfy_ids(lab, TEMPLATE.format(PROMPT))]
+    ids = token_ids(TEMPLATE.format(PROMPT))
     with torch.no_grad():
         hs = tiny_transformers_qwen3(lab)(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
     assert len(hs) == 37
@@ -128,10 +74,9 @@ def test_layers_match_stock_clip_layer_and_transformers_hidden_states(lab):
         assert torch.allclose(got[k], hs[k], atol=2e-4, rtol=1e-4), (k, (got[k] - hs[k]).abs().max())
 
 
-def _comfy_ids(lab, text):
-    """Token ids of text through transformers' Qwen tokenizer (no ComfyUI front-end quirks in these prompts)."""
-    tok = qwen_tokenizer(harness.find_comfyui())
-    return [(i, 1.0) for i in tok(text)["input_ids"]]
+def token_ids(text):
+    """Token ids of text through transformers' Qwen tokenizer (these prompts have no ComfyUI front-end quirks)."""
+    return qwen_tokenizer(harness.find_comfyui())(text)["input_ids"]
 
 
 def test_blend_is_the_normalised_weighted_sum_of_layers(lab):
@@ -205,13 +150,8 @@ def test_every_long_prompt_mode_returns_the_budget_and_keeps_the_ends(lab, budge
 
 
 def test_bad_inputs_get_clear_errors(lab):
-    from zlab.api import ComfyError
-
     def expect(node, *words):
-        with pytest.raises(ComfyError) as err:
-            lab.run(with_probes({"enc": node}, "bad"))
-        for word in words:
-            assert word in str(err.value), str(err.value)
+        expect_error(lab, with_probes({"enc": node}, "bad"), *words)
 
     expect(encoder("   "), "text is empty")
     expect(encoder("<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"), "last user turn is empty")
