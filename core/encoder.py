@@ -62,7 +62,7 @@ def parse_layer_blend(spec: str, num_layers: int) -> list[tuple[int, float]]:
             raise ValueError(f"layer_blend {spec!r} is malformed at {item.strip()!r}: write layer:weight pairs "
                              "separated by commas, e.g. \"-2:0.7, -5:0.3\" (a layer without :weight counts 1)")
         layer, weight = int(match.group(1)), float(match.group(2) if match.group(2) is not None else 1.0)
-        check_layer(layer, num_layers, name=f"layer_blend layer")
+        check_layer(layer, num_layers, name="layer_blend layer")
         if any(layer == seen for seen, _ in pairs):
             raise ValueError(f"layer_blend {spec!r} names layer {layer} twice: give each layer once")
         pairs.append((layer, weight))

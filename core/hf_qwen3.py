@@ -122,6 +122,9 @@ def load_single_file(path, dtype: torch.dtype = torch.float32):
     missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
     if missing:
         raise ValueError(f"{Path(path).name} is missing Qwen3 weights: {sorted(missing)[:5]}")
+    if unexpected:
+        raise ValueError(f"{Path(path).name} has tensors a plain Qwen3 does not ({sorted(unexpected)[:3]}; a quantized "
+                         "file?): use the bf16/fp16 file or the Hugging Face folder")
     model.rotary_emb = type(model.rotary_emb)(config=config)  # buffers are not in the file: rebuild off meta
     return model.eval().requires_grad_(False)
 

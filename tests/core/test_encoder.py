@@ -1,7 +1,6 @@
 """core.encoder: layer numbering and blends, long-prompt modes (checked against loop implementations), cache."""
 
 import gc
-import math
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ import json
 import os
 
 import folder_paths
-import torch
 from comfy_api.latest import io
 from safetensors.torch import save_file
 
