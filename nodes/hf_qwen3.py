@@ -158,7 +158,8 @@ class HFQwen3CLIP:
         self.tokenizer_options[option_name] = value
 
     def load_model(self, tokens=None):
-        mm.load_models_gpu([self.patcher])
+        # full loads only: transformers' layers are not ComfyUI ops, so they cannot be partially offloaded
+        mm.load_models_gpu([self.patcher], force_full_load=True)
         return self.patcher
 
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
