@@ -11,6 +11,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 sys.path.insert(0, os.path.dirname(__file__))
+import model_probes  # noqa: E402
 import tiny_models  # noqa: E402
 
 
@@ -53,7 +54,7 @@ class TinyQwen3Loader(io.ComfyNode):
 
 class TestingExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyZImageLoader, TinyQwen3Loader]
+        return [TinyZImageLoader, TinyQwen3Loader, *model_probes.NODES]
 
 
 async def comfy_entrypoint():
