@@ -141,3 +141,33 @@ class PatchState(io.ComfyNode):
 
 
 NODES.append(PatchState)
+
+
+class SaveConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageLabTestSaveConditioning", display_name="Save Conditioning (tests)",
+            category="Z-Image Lab/testing",
+            description="Saves each conditioning entry's token tensor (and attention mask) as safetensors.",
+            inputs=[io.Conditioning.Input("conditioning"), io.String.Input("filename_prefix", default="cond")],
+            outputs=[], is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, conditioning, filename_prefix) -> io.NodeOutput:
+        import json
+
+        path = os.path.join(folder_paths.get_output_directory(), filename_prefix + ".safetensors")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tensors = {}
+        for i, (tokens, extras) in enumerate(conditioning):
+            tensors[f"tokens_{i}"] = tokens
+            if extras.get("attention_mask") is not None:
+                tensors[f"mask_{i}"] = extras["attention_mask"]
+        _save(tensors, path)
+        meta = [json.dumps(extras.get("zimage_lab", {}), default=str) for _, extras in conditioning]
+        return io.NodeOutput(ui={"text": [path], "zimage_lab": meta})
+
+
+NODES.append(SaveConditioning)
