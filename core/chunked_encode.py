@@ -3,11 +3,11 @@
 Qwen3 reads a long prompt in one pass without trouble, but Z-Image was trained on prompts of at
 most 512 tokens, so the hidden states of a 1,500-token prompt come from contexts the DiT never
 saw. Chunked encoding keeps every encoder pass prompt-sized: the prompt's own (content) tokens
-are cut into windows of ``window`` tokens that overlap by at least ``overlap``; each window is
-wrapped in the default chat template and encoded on its own; the windows' content states are
-joined on the prompt's token axis, overlaps blended; the first window's template prefix and
-the last window's template suffix frame the result (the inner windows' template tokens are
-dropped). The joined caption is as long as the prompt: it changes what each token's state has
+are cut into windows of ``window`` tokens (the last one may be shorter) that share ``overlap``
+tokens with their neighbours; each window is wrapped in the default chat template and encoded
+on its own; the windows' content states are joined on the prompt's token axis, overlaps
+blended; the first window's template prefix and the last window's template suffix frame the
+result (the inner windows' template tokens are dropped). The joined caption is as long as the prompt: it changes what each token's state has
 seen, not how many positions the DiT reads, so pair it with the RoPE extender for captions past
 512 tokens. A prompt that fits one window is encoded exactly as CLIPTextEncode does.
 
@@ -35,13 +35,17 @@ def validate(window: int, overlap: int, join: str) -> None:
 
 
 def plan_windows(n: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) windows over n tokens, stride window - overlap; the last one ends at n."""
-    if n <= window:
-        return [(0, n)]
+    """[start, end) windows over n tokens at stride window - overlap; the last one ends at n (maybe shorter).
+
+    Neighbours share exactly ``overlap`` tokens, and since overlap < window / 2 no token is in
+    more than two windows.
+    """
     stride = window - overlap
-    starts = list(range(0, n - window, stride))
-    starts.append(n - window)  # the last window is full length and ends with the prompt
-    return [(s, s + window) for s in starts]
+    windows = [(0, min(window, n))]
+    while windows[-1][1] < n:
+        start = windows[-1][0] + stride
+        windows.append((start, min(start + window, n)))
+    return windows
 
 
 def window_weights(windows: list[tuple[int, int]], n: int, join: str) -> torch.Tensor:

@@ -14,10 +14,10 @@ def test_windows_cover_every_token_with_full_windows_and_enough_overlap(n, windo
     covered = torch.zeros(n, dtype=torch.int64)
     for a, b in windows:
         covered[a:b] += 1
-        assert b - a == min(window, n)
+        assert b - a == min(window, n) or (a, b) == windows[-1] and b - a > overlap
     assert covered.min() >= 1 and covered.max() <= 2
     for (a0, b0), (a1, b1) in zip(windows, windows[1:]):
-        assert b0 - a1 >= overlap and a1 > a0
+        assert b0 - a1 == overlap
 
 
 @pytest.mark.parametrize("join", ce.JOIN_MODES)
@@ -32,6 +32,7 @@ def test_weights_sum_to_one_and_crossfade_ramps_across_the_overlap(join):
         ramp = w[1, a1:b0]
         assert torch.all(ramp[1:] > ramp[:-1]) and 0 < ramp[0] < 0.05 and 0.95 < ramp[-1] < 1
     assert torch.all(w[0, :a1] == 1) and torch.all(w[1, b0:windows[2][0]] == 1)
+    assert len(windows) == 3 and windows[-1] == (832, 1260)
 
 
 def test_join_of_consistent_windows_is_the_sequence_itself():

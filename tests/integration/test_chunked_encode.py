@@ -68,9 +68,8 @@ def test_long_prompt_is_the_blend_of_stock_encodings_of_its_windows(lab, tokeniz
     content = ids[3:-5]
     n, window, overlap = len(content), 480, 64
     assert n > 2 * window
-    # windows of 480 tokens, stride 416, the last one ending with the prompt
-    starts = list(range(0, n - window, window - overlap)) + [n - window]
-    windows = [(s, s + window) for s in starts]
+    # windows of 480 tokens at stride 416, the last one cut where the prompt ends
+    windows = [(s, min(s + window, n)) for s in range(0, n - overlap, window - overlap)]
     texts = [tokenizer.decode(content[a:b]) for a, b in windows]
     for (a, b), t in zip(windows, texts):  # the window texts tokenize back to exactly the window's tokens
         assert tokenizer(TEMPLATE.format(t))["input_ids"] == ids[:3] + content[a:b] + ids[-5:]
