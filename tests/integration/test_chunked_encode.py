@@ -125,3 +125,15 @@ def test_bad_windows_get_a_clear_error(lab, window, overlap, words):
 
     with pytest.raises(ComfyError, match=words):
         lab.run(graph_with(SHORT, window, overlap))
+
+
+def test_chunked_long_prompt_workflow(lab):
+    api = lab.workflow("zimage_chunked_long_prompt.json")
+    by_type = {n["class_type"]: nid for nid, n in api.items()}
+    api[by_type["ZImageLabSampler"]]["inputs"]["steps"] = 2
+    result = lab.run(api)
+    report = result.outputs[by_type["ZImageLabChunkedEncode"]]["text"][0]
+    n = int(report.split()[0])
+    assert n > 512 and f"in 2 windows (0-480, 416-{n})" in report, report
+    image = lab.images(result, by_type["SaveImage"])[0]
+    assert image.shape == (64, 64, 3) and image.std() > 0

@@ -248,3 +248,20 @@ def test_negative_factor_is_refused_by_validation(lab):
     add_sampler(graph, "21", ["20", 0], "rope_bad/neg")
     with pytest.raises(ComfyError, match="factor"):
         lab.run(graph)
+
+
+def test_long_prompt_workflow_extends_the_caption_positions(lab):
+    api = lab.workflow("zimage_rope_long_prompt.json")
+    by_type = {n["class_type"]: nid for nid, n in api.items()}
+    rope, sampler = by_type["ZImageLabRoPEExtend"], by_type["ZImageLabSampler"]
+    assert api[rope]["inputs"]["method"] == "yarn" and api[rope]["inputs"]["scale_mode"] == "fit to prompt"
+    api["probe"] = {"class_type": "ZImageLabTestRoPEProbe", "inputs": {"model": [rope, 0], "filename_prefix": "rope_wf/probe"}}
+    api[sampler]["inputs"].update(model=["probe", 0], steps=1)
+    result = lab.run(api)
+    image = lab.images(result, by_type["SaveImage"])[0]
+    assert image.shape == (64, 64, 3) and image.std() > 0
+    caption, image_call = read_calls(lab, "rope_wf/probe")[:2]
+    l_pad = int(caption["ids"][0, -1, 0])
+    assert l_pad > 512  # the shipped prompt is longer than the trained length
+    for call in (caption, image_call):
+        assert torch.allclose(call["freqs"], expected_freqs(call["ids"], "yarn", l_pad / 512), atol=2e-5)
