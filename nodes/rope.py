@@ -32,6 +32,8 @@ def extend_rope(model, method, scale_mode, factor, trained_length, beta_fast=32.
     fixed = float(factor) if scale_mode == "factor" else None
     core.validate(method, fixed, trained_length, beta_fast, beta_slow, yarn_attention)
     inner, axes_dim, theta = rope_parts(model)
+    while isinstance(inner, core.ExtendedRoPE):  # a second extender replaces the first instead of stacking on it
+        inner = inner.inner
     module = core.ExtendedRoPE(inner, axes_dim, theta, method, fixed, trained_length, beta_fast, beta_slow,
                                yarn_attention)
     patched = model.clone()
