@@ -205,3 +205,53 @@ def test_loading_workflow_applies_the_trained_file(lab, trained):
         result.outputs["5"]["text"][0]
     image = lab.images(result, "9")[0]
     assert image.shape == (64, 64, 3) and image.std() > 0
+
+
+def _shared(a, b):
+    """Positions of the tokens two id lists share: the common start, then the common end."""
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    end = 0
+    while end < min(len(a), len(b)) - start and a[-1 - end] == b[-1 - end]:
+        end += 1
+    return list(range(start)) + list(range(len(a) - end, len(a))), list(range(start)) + list(range(len(b) - end, len(b)))
+
+
+@pytest.mark.parametrize("pre_lora", [False, True])
+def test_initial_loss_is_measured_on_the_real_models_refined_captions(lab, comfyui_path, pre_lora):
+    """Step 0's loss, recomputed from the refined captions the real DiT produces (probe), with or
+    without a LoRA applied to the model before training."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2Tokenizer
+
+    pre = None
+    if pre_lora:
+        gen = torch.Generator().manual_seed(11)
+        sd = {}
+        for block in ("context_refiner.0", "context_refiner.1"):
+            for name in ("to_q", "to_v", "to_out.0"):
+                sd[f"diffusion_model.{block}.attention.{name}.lora_A.weight"] = 0.2 * torch.randn(4, 256, generator=gen)
+                sd[f"diffusion_model.{block}.attention.{name}.lora_B.weight"] = 0.2 * torch.randn(256, 4, generator=gen)
+        save_file(sd, str(lab.base / "models" / "loras" / "pre_lora.safetensors"))
+        pre = {"class_type": "ZImageLabRefinerLoRALoader", "inputs": {"model": ["1", 0], "lora_name": "pre_lora.safetensors",
+                                                                      "strength": 1.0, "target": "context refiner"}}
+    graph = {"1": {"class_type": "ZImageLabTestTinyUNETLoader", "inputs": {"unet_name": harness.TINY_FILES["unet_name"]}},
+             "2": {"class_type": "ZImageLabTestTinyCLIPLoader", "inputs": {"clip_name": harness.TINY_FILES["clip_name"]}},
+             "t": {"class_type": "ZImageLabRefinerLoRATrain", "inputs": {
+                 "model": ["m", 0] if pre else ["1", 0], "clip": ["2", 0], "prompts": PROMPTS, "style": STYLE,
+                 "preserve_prompts": PRESERVE, "rank": 2, "alpha": 2.0, "learning_rate": 1e-3, "steps": 1, "seed": 0,
+                 "preservation_weight": 1.0, "modules": "attention", "lora_name": f"initial/{int(pre_lora)}"}}}
+    if pre:
+        graph["m"] = pre
+    initial = lab.run(graph).outputs["t"]["loss"][0]
+    tok = Qwen2Tokenizer.from_pretrained(str(comfyui_path / "comfy" / "text_encoders" / "qwen25_tokenizer"))
+    num = den = 0.0
+    for i, prompt in enumerate(PROMPTS.splitlines()):
+        styled = f"{prompt}, {STYLE}"
+        a, b = _shared(tok(TEMPLATE.format(prompt))["input_ids"], tok(TEMPLATE.format(styled))["input_ids"])
+        r_p = _refined(lab, pre, prompt, f"initial/{int(pre_lora)}_p{i}")
+        r_s = _refined(lab, pre, styled, f"initial/{int(pre_lora)}_s{i}")
+        num += float(((r_p[a] - r_s[b]) ** 2).sum())
+        den += float((r_s[b] ** 2).sum())
+    assert initial == pytest.approx(num / den, rel=1e-4)

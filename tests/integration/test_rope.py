@@ -265,3 +265,12 @@ def test_long_prompt_workflow_extends_the_caption_positions(lab):
     assert l_pad > 512  # the shipped prompt is longer than the trained length
     for call in (caption, image_call):
         assert torch.allclose(call["freqs"], expected_freqs(call["ids"], "yarn", l_pad / 512), atol=2e-5)
+
+
+def test_a_second_extender_replaces_the_first(lab):
+    graph = probe_graph(SHORT, "rope_probe/chained", extender(["1", 0], "linear", "factor", 2.0))
+    graph["21"] = extender(["20", 0], "ntk", "factor", 3.0)
+    graph["p"]["inputs"]["model"] = ["21", 0]
+    lab.run(graph)
+    for call in read_calls(lab, "rope_probe/chained")[:2]:
+        assert torch.allclose(call["freqs"], expected_freqs(call["ids"], "ntk", 3.0), atol=2e-5)
