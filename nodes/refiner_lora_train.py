@@ -220,8 +220,9 @@ class ZImageRefinerLoRATrain(io.ComfyNode):
 
         def progress(step, record):
             seen.append(record)
-            log.info("Z-Image Lab refiner LoRA step %d/%d loss %.6f (style %.6f, keep %.6f)", step, steps,
-                     record["loss"], record["style"], record["keep"])
+            if step % every == 0 or step == steps:
+                log.info("Z-Image Lab refiner LoRA step %d/%d loss %.6f (style %.6f, keep %.6f)", step, steps,
+                         record["loss"], record["style"], record["keep"])
             if step == steps or step % every:
                 bar.update_absolute(min(step + 1, steps), steps)
                 return
