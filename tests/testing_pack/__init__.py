@@ -12,6 +12,7 @@ from comfy_api.latest import ComfyExtension, io
 
 sys.path.insert(0, os.path.dirname(__file__))
 import lab_probes  # noqa: E402
+import model_probes  # noqa: E402
 import tiny_models  # noqa: E402
 from probe_model import ProbeModel  # noqa: E402
 from prompt_probes import ConditioningProbe  # noqa: E402
@@ -56,7 +57,7 @@ class TinyQwen3Loader(io.ComfyNode):
 
 class TestingExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyZImageLoader, TinyQwen3Loader, ProbeModel, ConditioningProbe, *lab_probes.NODES]
+        return [TinyZImageLoader, TinyQwen3Loader, ProbeModel, ConditioningProbe, *lab_probes.NODES, *model_probes.NODES]
 
 
 async def comfy_entrypoint():
