@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,7 +32,7 @@ SPACES = ("embedding", "refined")
 SCOPES = ("content tokens", "all tokens")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SteeringVector:
     """A direction with the settings it was made at, so it is applied where it means something."""
 
@@ -44,7 +44,7 @@ class SteeringVector:
     prompts_b: tuple[str, ...] = ()
     normalized: bool = False
     raw_norm: float = 0.0  # norm of mean(A) - mean(B) before any normalisation
-    name: str = field(default="", compare=False)  # file it was loaded from, if any
+    name: str = ""  # file it was loaded from, if any
 
     @property
     def width(self) -> int:

@@ -9,7 +9,9 @@ pack's `nodes` package would otherwise clash with ComfyUI's nodes.py). Nothing i
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import importlib
 import importlib.util
 import sys
@@ -34,6 +36,16 @@ def import_comfy(comfyui: Path):
     import comfy.samplers
 
     return comfy
+
+
+def _release() -> None:
+    """Drop the cached models before interpreter teardown (ModelPatcher.__del__ needs its modules alive)."""
+    tiny_dit.cache_clear()
+    tiny_clip.cache_clear()
+    gc.collect()
+
+
+atexit.register(_release)
 
 
 @functools.lru_cache(maxsize=None)
