@@ -74,13 +74,14 @@ class EmbeddingNegative(io.ComfyNode):
         def steer(tokens, extras):
             span = cc.content_span(extras, tokens.shape[1]) if scope == "content tokens" else None
             out = core.apply_negative(tokens, direction, mode, strength, span)
-            before.append(core.cosine_to(tokens, direction).abs().max().item())
-            after.append(core.cosine_to(out, direction).abs().max().item())
+            rows = slice(None) if span is None else slice(*span)
+            before.append(core.cosine_to(tokens[:, rows], direction).abs().max().item())
+            after.append(core.cosine_to(out[:, rows], direction).abs().max().item())
             return out, cc.with_metadata(extras, embedding_negative=record)
 
         out = cc.map_conditioning(positive, steer)
         info = {"node": "ZImageLabEmbeddingNegative", **record, "max_abs_cos_before": max(before),
-                "max_abs_cos_after": max(after)}
+                "max_abs_cos_after": max(after), "cos_over": scope}
         text = (f"{mode} x {strength:g} on {scope}: max |cos(token, negative)| {max(before):.3g} -> {max(after):.3g}")
         return io.NodeOutput(out, json.dumps(info), ui={"text": [text]})
 

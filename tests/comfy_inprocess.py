@@ -79,13 +79,16 @@ def encode(clip, text: str):
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def sample(model, positive, seed: int = 0, steps: int = 1, size: int = 64, sampler_name: str = "euler"):
-    """KSampler's path (comfy.sample.sample) at cfg 1 with a zeroed negative; returns the latent."""
+def sample(model, positive, seed: int = 0, steps: int = 1, size=64, sampler_name: str = "euler", cfg: float = 1.0,
+           negative=None):
+    """KSampler's path (comfy.sample.sample); the negative defaults to a zeroed positive. Returns the latent."""
     import torch
     import comfy.sample
 
-    latent = torch.zeros(1, 16, size // 8, size // 8)
+    height, width = (size, size) if isinstance(size, int) else size
+    latent = torch.zeros(1, 16, height // 8, width // 8)
     noise = comfy.sample.prepare_noise(latent, seed)
-    negative = [[torch.zeros_like(t), dict(e)] for t, e in positive]
-    return comfy.sample.sample(model, noise, steps, 1.0, sampler_name, "simple", positive, negative, latent,
+    if negative is None:
+        negative = [[torch.zeros_like(t), dict(e)] for t, e in positive]
+    return comfy.sample.sample(model, noise, steps, cfg, sampler_name, "simple", positive, negative, latent,
                                disable_pbar=True, seed=seed)
