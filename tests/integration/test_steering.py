@@ -18,6 +18,18 @@ pytestmark = pytest.mark.integration
 TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def empty_vector_folder_afterwards(lab):
+    """Leave models/steering_vectors as the session found it (the loader's file list is part of /object_info)."""
+    import shutil
+
+    folder = lab.base / "models" / "steering_vectors"
+    before = set(folder.iterdir())
+    yield
+    for path in set(folder.iterdir()) - before:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 @pytest.fixture(scope="module")
 def comfy(lab):
     ci.import_comfy(harness.find_comfyui())
