@@ -1,0 +1,231 @@
+"""Z-Image NAG: Normalized Attention Guidance on NextDiT's single-stream blocks, as a MODEL patch.
+
+How it runs (one model call):
+1. A DIFFUSION_MODEL wrapper embeds the negative caption with the model's own embed_cap and
+   context_refiner (exactly as the positive caption is made) and computes the RoPE frequencies of
+   the sequence [negative caption, image] with the image at the position it would have if the
+   negative were the prompt (axis 0 = padded negative length + 1, as NextDiT places it).
+2. Each main layer is replaced (object patch) by a copy of itself whose class overrides forward;
+   it shares every weight with the original. With the NAG state present it runs the positive
+   sequence [caption, image] exactly as the stock block does, and a second attention over
+   [negative caption, image] with the same image tokens; the image tokens' attention output (the
+   LAST img_len positions) is guided with core.nag.nag_guidance before the output projection.
+   The negative caption tokens go on through the block (attention, feed-forward) as they would in
+   a run with the negative prompt, so the next layer's negative attention is what the model expects.
+3. The image stream is shared: one extra attention path per layer, not a second sampling pass.
+Without the state (NAG off at this sigma, or another call) the copies run the stock forward.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import comfy.ldm.common_dit
+import comfy.model_management
+import comfy.patcher_extension
+import torch
+from comfy.ldm.flux.math import apply_rope
+from comfy.ldm.lumina.model import apply_gate, clamp_fp16, modulate, optimized_attention_masked, pos_ids_x
+from comfy_api.latest import io
+
+from ..core import nag as core
+from ..core.refined_steering import cond_rows, padded_length
+from . import CATEGORY
+from .refined_steering import STATE_KEY as REFINED_STATE_KEY
+from .refined_steering import check_zimage_model
+
+NAG_KEY = "zimage_lab_nag"
+
+
+@dataclass
+class NAGState:
+    """What the patched blocks need during one model call; `negative` advances layer by layer."""
+
+    negative: torch.Tensor  # [B, L_neg_padded, dim]: the negative caption stream
+    freqs: torch.Tensor  # RoPE of [negative caption, image]
+    img_len: int
+    rows: torch.Tensor  # bool [B]: rows that are guided (positive prompt)
+    scale: float
+    tau: float
+    alpha: float
+
+
+def _project(attention, h):
+    """q, k, v of JointAttention before RoPE: [B, L, heads, head_dim] (q/k RMS-normed), as its forward does."""
+    bsz, seqlen, _ = h.shape
+    q, k, v = torch.split(attention.qkv(h), [attention.n_local_heads * attention.head_dim,
+                                             attention.n_local_kv_heads * attention.head_dim,
+                                             attention.n_local_kv_heads * attention.head_dim], dim=-1)
+    q = attention.q_norm(q.view(bsz, seqlen, attention.n_local_heads, attention.head_dim))
+    k = attention.k_norm(k.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim))
+    return q, k, v.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim)
+
+
+def _attend(attention, q, k, v, freqs, mask, options):
+    """JointAttention's forward after the projections: RoPE, GQA repeat, attention (before `out`)."""
+    q, k = apply_rope(q, k, freqs)
+    n_rep = attention.n_local_heads // attention.n_local_kv_heads
+    if n_rep >= 1:
+        k = k.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
+        v = v.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
+    return optimized_attention_masked(q.movedim(1, 2), k.movedim(1, 2), v.movedim(1, 2), attention.n_local_heads,
+                                      mask, skip_reshape=True, transformer_options=options)
+
+
+def _residual_update(block, x, z, gate_msa, scale_mlp, gate_mlp):
+    """The rest of JointTransformerBlock.forward after attention: output projection, gates, feed-forward."""
+    x = x + apply_gate(gate_msa.unsqueeze(1).tanh(), block.attention_norm2(clamp_fp16(block.attention.out(z))))
+    return x + apply_gate(gate_mlp.unsqueeze(1).tanh(), block.ffn_norm2(
+        clamp_fp16(block.feed_forward(modulate(block.ffn_norm1(x), scale_mlp)))))
+
+
+def nag_block_forward(block, state: NAGState, x, x_mask, freqs_cis, adaln_input, options):
+    """One main layer with NAG: the stock computation for [caption, image], guided image attention."""
+    cap_len = x.shape[1] - state.img_len
+    scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(adaln_input).chunk(4, dim=1)
+    h = modulate(block.attention_norm1(x), scale_msa)
+    h_neg = modulate(block.attention_norm1(state.negative), scale_msa)
+    q, k, v = _project(block.attention, h)
+    q_n, k_n, v_n = _project(block.attention, h_neg)
+    z = _attend(block.attention, q, k, v, freqs_cis, x_mask, options)
+    # The negative path: queries and keys are [negative caption, the same image tokens].
+    z_neg = _attend(block.attention, torch.cat((q_n, q[:, cap_len:]), 1), torch.cat((k_n, k[:, cap_len:]), 1),
+                    torch.cat((v_n, v[:, cap_len:]), 1), state.freqs, None, options)
+    z_img = core.image_tokens(z, state.img_len)
+    guided = core.nag_guidance(z_img, core.image_tokens(z_neg, state.img_len), state.scale, state.tau, state.alpha)
+    guided = torch.where(state.rows[:, None, None], guided, z_img)
+    z = torch.cat((core.caption_tokens(z, state.img_len), guided), dim=1)
+    state.negative = _residual_update(block, state.negative, core.caption_tokens(z_neg, state.img_len),
+                                      gate_msa, scale_mlp, gate_mlp)
+    return _residual_update(block, x, z, gate_msa, scale_mlp, gate_mlp)
+
+
+class NAGBlockMixin:
+    """Mixed into a copy of a NextDiT main layer: NAG when the call carries a NAGState, stock otherwise."""
+
+    def forward(self, x, x_mask, freqs_cis, adaln_input=None, timestep_zero_index=None, transformer_options={}):
+        state = transformer_options.get(NAG_KEY)
+        if state is None or timestep_zero_index is not None or not self.modulation:
+            return super().forward(x, x_mask, freqs_cis, adaln_input, timestep_zero_index=timestep_zero_index,
+                                   transformer_options=transformer_options)
+        return nag_block_forward(self, state, x, x_mask, freqs_cis, adaln_input, transformer_options)
+
+
+_NAG_CLASSES: dict[type, type] = {}
+
+
+def nag_copy(block: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of a block with NAGBlockMixin: same submodules and weights, same module names."""
+    cls = type(block)
+    if cls not in _NAG_CLASSES:
+        _NAG_CLASSES[cls] = type(f"ZImageLabNAG{cls.__name__}", (NAGBlockMixin, cls), {})
+    patched = copy.copy(block)
+    patched.__class__ = _NAG_CLASSES[cls]
+    return patched
+
+
+def negative_state(dm, x, context, negative, options, settings) -> NAGState:
+    """Embed and refine the negative caption and build the RoPE of [negative caption, image] for this call."""
+    batch = x.shape[0]
+    neg = comfy.model_management.cast_to_device(negative, context.device, context.dtype)
+    embeds, freqs, _ = dm.embed_cap(neg, offset=0, bsz=1, device=x.device, dtype=x.dtype)
+    refiner_options = {k: v for k, v in options.items() if k not in (REFINED_STATE_KEY, NAG_KEY)}
+    caption = embeds[0]
+    for block in dm.context_refiner:
+        caption = block(caption, None, freqs[0], transformer_options=refiner_options)
+    # Image position ids exactly as NextDiT.embed_all makes them when the caption is the negative.
+    p = dm.patch_size
+    padded = comfy.ldm.common_dit.pad_to_patch_size(x, (p, p))
+    h_tokens, w_tokens = padded.shape[-2] // p, padded.shape[-1] // p
+    img_len = padded_length(h_tokens * w_tokens, dm.pad_tokens_multiple)
+    img_ids = pos_ids_x(caption.shape[1] + 1, h_tokens, w_tokens, 1, x.device, transformer_options=options)
+    img_ids = torch.nn.functional.pad(img_ids, (0, 0, 0, img_len - h_tokens * w_tokens))
+    img_freqs = dm.rope_embedder(img_ids).movedim(1, 2)
+    rows = cond_rows(options.get("cond_or_uncond"), batch, x.device)
+    return NAGState(caption.repeat(batch, 1, 1), torch.cat((freqs[0], img_freqs), dim=1), img_len, rows,
+                    settings["scale"], settings["tau"], settings["alpha"])
+
+
+def make_wrapper(negative: torch.Tensor, settings: dict):
+    """DIFFUSION_MODEL wrapper that switches NAG on for calls at sigma >= end_sigma."""
+
+    def nag_wrapper(executor, x, timesteps, context, num_tokens, attention_mask=None, **kwargs):
+        options = kwargs.get("transformer_options", {})
+        sigmas = options.get("sigmas")
+        if sigmas is not None and float(sigmas.max()) < settings["end_sigma"]:
+            return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
+        if kwargs.get("ref_latents"):
+            raise ValueError("Z-Image NAG supports text-to-image only (this call has reference latents)")
+        state = negative_state(executor.class_obj, x, context, negative, options, settings)
+        kwargs["transformer_options"] = {**options, NAG_KEY: state}
+        return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
+
+    return nag_wrapper
+
+
+def patch_nag(model, negative_conditioning, scale: float, tau: float, alpha: float, end_sigma: float):
+    """A clone of MODEL with Z-Image NAG against this negative; scale 1 returns an unpatched clone."""
+    core.validate(scale, tau, alpha, end_sigma)
+    dm = check_zimage_model(model)
+    if not negative_conditioning:
+        raise ValueError("negative is an empty conditioning: encode a negative prompt")
+    tokens = negative_conditioning[0][0]
+    if tokens.ndim != 3 or tokens.shape[1] == 0:
+        raise ValueError(f"negative has no tokens (shape {tuple(tokens.shape)}): encode a negative prompt")
+    if tokens.shape[0] != 1:
+        raise ValueError(f"negative holds {tokens.shape[0]} prompts: NAG takes one negative prompt")
+    if tokens.shape[-1] != dm.cap_embedder[1].in_features:
+        raise ValueError(f"negative has width {tokens.shape[-1]} but the model's caption embedder expects "
+                         f"{dm.cap_embedder[1].in_features}: encode it with this model's text encoder")
+    wrapper_type = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    if model.get_wrappers(wrapper_type, NAG_KEY):
+        raise ValueError("model already has Z-Image NAG: use one NAG node per model (its negative is the one that counts)")
+    patched = model.clone()
+    if scale == 1.0:
+        return patched
+    for i in range(len(dm.layers)):
+        name = f"diffusion_model.layers.{i}"
+        patched.add_object_patch(name, nag_copy(patched.get_model_object(name)))
+    settings = {"scale": float(scale), "tau": float(tau), "alpha": float(alpha), "end_sigma": float(end_sigma)}
+    patched.add_wrapper_with_key(wrapper_type, NAG_KEY, make_wrapper(tokens.detach().clone(), settings))
+    return patched
+
+
+class ZImageNAG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageLabNAG",
+            display_name="Z-Image NAG (Normalized Attention Guidance)",
+            category=f"{CATEGORY}/negative",
+            description=(
+                "A negative prompt at cfg 1 for Z-Image: in every main layer the image tokens also attend to the "
+                "negative caption, and their attention output is pushed away from it: phi*Z+ - (phi-1)*Z-, L1 norm "
+                "ratio capped at tau, blended with alpha (Normalized Attention Guidance, arXiv 2505.21179). Done for "
+                "ComfyUI's [caption, image] order: the image is the last part of the sequence. Costs one extra "
+                "attention path per layer. scale 1 gives the unpatched model's output; the given model is unchanged."),
+            search_aliases=["nag", "negative prompt", "normalized attention guidance", "cfg 1 negative"],
+            inputs=[
+                io.Model.Input("model", tooltip="The Z-Image model (a clone is patched)."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt, encoded like the positive."),
+                io.Float.Input("scale", default=5.0, min=1.0, max=50.0, step=0.1, round=0.001,
+                               tooltip="phi: extrapolation away from the negative. 1 disables NAG; 3-7 is typical."),
+                io.Float.Input("tau", default=2.5, min=1.0, max=20.0, step=0.05, round=0.001,
+                               tooltip="Cap on |guided|_1 / |positive|_1 per token (normalisation threshold)."),
+                io.Float.Input("alpha", default=0.25, min=0.0, max=1.0, step=0.01, round=0.001,
+                               tooltip="Blend of the normalised guided output with the positive one (1 = all guided)."),
+                io.Float.Input("end_sigma", default=0.0, min=0.0, max=1000.0, step=0.01, round=0.0001,
+                               tooltip="NAG runs at steps whose sigma >= end_sigma; 0 guides every step."),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched clone.")],
+        )
+
+    @classmethod
+    def execute(cls, model, negative, scale, tau, alpha, end_sigma) -> io.NodeOutput:
+        patched = patch_nag(model, negative, scale, tau, alpha, end_sigma)
+        state = "off (scale 1)" if scale == 1.0 else f"scale {scale:g}, tau {tau:g}, alpha {alpha:g}, end sigma {end_sigma:g}"
+        return io.NodeOutput(patched, ui={"text": [f"Z-Image NAG {state}, negative of {negative[0][0].shape[1]} tokens"]})
+
+
+NODES = [ZImageNAG]

@@ -1,0 +1,126 @@
+"""Refined Steering: a MODEL patch adding alpha * v to the caption tokens leaving the context refiner."""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.patcher_extension
+import torch
+from comfy_api.latest import io
+
+from ..core import refined_steering as core
+from ..core import steering as core_steering
+from .steering import SUBCATEGORY, SteeringVectorType
+
+STATE_KEY = "zimage_lab_refined_caption"
+"""transformer_options key the wrapper sets for one model call: the caption's real token count."""
+
+
+def check_zimage_model(model, caption_width: int | None = None):
+    """The NextDiT of a Z-Image MODEL; ValueError naming the input otherwise."""
+    dm = model.get_model_object("diffusion_model") if model is not None else None
+    if dm is None or not all(hasattr(dm, a) for a in ("context_refiner", "cap_embedder", "layers", "cap_pad_token")):
+        raise ValueError("model is not a Z-Image (NextDiT) diffusion model: load z_image_turbo_bf16.safetensors with "
+                         "UNETLoader")
+    if caption_width is not None and dm.cap_embedder[1].in_features != caption_width:
+        raise ValueError(f"the text encoder gives width {caption_width} but the model's caption embedder expects "
+                         f"{dm.cap_embedder[1].in_features}: use the text encoder that belongs to this model")
+    return dm
+
+
+def refine_captions(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Caption tokens as the main layers see them: cap_embedder, pad to 32 with cap_pad_token, context refiner.
+
+    Runs the model's own embed_cap and context_refiner blocks (the same calls as NextDiT's
+    patchify_and_embed) on one encoded prompt; returns float32 [1, padded length, DiT width].
+    """
+    comfy.model_management.load_models_gpu([model])
+    dm = model.model.diffusion_model
+    dtype = model.model.get_dtype_inference()
+    device = model.load_device
+    context = comfy.model_management.cast_to_device(hidden, device, dtype)
+    with torch.no_grad():
+        embeds, freqs, _ = dm.embed_cap(context, offset=0, bsz=1, device=device, dtype=dtype)
+        caption = embeds[0]
+        for block in dm.context_refiner:
+            caption = block(caption, None, freqs[0], transformer_options={})
+    return caption.float().cpu()
+
+
+class RefinedCaptionSteering(torch.nn.Module):
+    """Appended after the context refiner blocks: adds alpha * v to the refined caption of positive rows."""
+
+    def __init__(self, vector: torch.Tensor, alpha: float, scope: str):
+        super().__init__()
+        self.delta = float(alpha) * vector.float()  # a plain attribute, not a buffer: no new state-dict key
+        self.alpha = float(alpha)
+        self.scope = scope
+
+    def forward(self, x, x_mask=None, freqs_cis=None, transformer_options={}):
+        state = transformer_options.get(STATE_KEY)
+        if state is None or self.alpha == 0.0:
+            return x
+        tokens = state["caption_tokens"] if self.scope == "caption tokens" else None
+        rows = core.cond_rows(transformer_options.get("cond_or_uncond"), x.shape[0], x.device)
+        return core.steer_caption(x, self.delta, rows, tokens)
+
+
+def caption_length_wrapper(executor, x, timesteps, context, num_tokens, attention_mask=None, **kwargs):
+    """DIFFUSION_MODEL wrapper: tells the steering modules how many caption tokens are real (not padding)."""
+    if kwargs.get("ref_latents"):
+        raise ValueError("Refined Steering supports Z-Image text-to-image only (this call has reference latents)")
+    options = dict(kwargs.get("transformer_options", {}))
+    options[STATE_KEY] = {"caption_tokens": int(context.shape[1])}
+    kwargs["transformer_options"] = options
+    return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
+
+
+def patch_refined_steering(model, vector, alpha: float, scope: str):
+    """A clone of MODEL whose context refiner output gets alpha * v; the given MODEL is not changed."""
+    dm = check_zimage_model(model)
+    if vector.space != "refined":
+        raise ValueError(f"vector {vector.name or ''} is an {vector.space}-space vector: build it with space 'refined' "
+                         "(or add it to the conditioning with Apply Steering)")
+    core_steering.check_width(vector, dm.dim, "the model's refined caption")
+    if scope not in core.SCOPES:
+        raise ValueError(f"scope is {scope!r}: choose one of {', '.join(core.SCOPES)}")
+    patched = model.clone()
+    refiner = patched.get_model_object("diffusion_model.context_refiner")
+    steered = torch.nn.ModuleList([*refiner, RefinedCaptionSteering(vector.vector, alpha, scope)])
+    patched.add_object_patch("diffusion_model.context_refiner", steered)
+    wrapper_type = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    if not patched.get_wrappers(wrapper_type, STATE_KEY):
+        patched.add_wrapper_with_key(wrapper_type, STATE_KEY, caption_length_wrapper)
+    return patched
+
+
+class RefinedSteering(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageLabRefinedSteering",
+            display_name="Refined Steering",
+            category=SUBCATEGORY,
+            description=("Patches a clone of the model so that alpha times a refined-space steering vector is added to "
+                         "the caption tokens leaving the context refiner (width 3840), for the positive prompt. Image "
+                         "tokens are not touched. alpha 0 gives exactly the unpatched model's output. Chain nodes to add "
+                         "several vectors."),
+            search_aliases=["steering", "context refiner", "caption steering"],
+            inputs=[
+                io.Model.Input("model", tooltip="The Z-Image model to patch (a clone is patched; this one is unchanged)."),
+                SteeringVectorType.Input("vector", tooltip="A refined-space vector (Build Steering Vector, space 'refined')."),
+                io.Float.Input("alpha", default=1.0, min=-100.0, max=100.0, step=0.05, round=0.0001,
+                               tooltip="Multiple of the vector to add; negative steers towards B. 0 changes nothing."),
+                io.Combo.Input("scope", options=list(core.SCOPES), default="caption tokens",
+                               tooltip="caption tokens: the caption's real tokens. caption and padding tokens: also the "
+                                       "learned pad tokens that fill the caption to a multiple of 32."),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched clone.")],
+        )
+
+    @classmethod
+    def execute(cls, model, vector, alpha, scope) -> io.NodeOutput:
+        patched = patch_refined_steering(model, vector, alpha, scope)
+        return io.NodeOutput(patched, ui={"text": [f"refined steering {alpha:+g} x {vector.describe()} on {scope}"]})
+
+
+NODES = [RefinedSteering]
