@@ -70,3 +70,14 @@ def test_testing_pack_is_not_shipped(repo):
     assert "tests" not in meta["tool"]["comfy"].get("includes", [])
     for path in (repo / "nodes").glob("*.py"):
         assert "ZImageLabTest" not in path.read_text()
+
+
+def test_node_ids_are_unique_across_the_pack_and_the_test_pack(repo):
+    import re
+
+    seen = {}
+    for path in sorted([*(repo / "nodes").glob("*.py"), *(repo / "tests" / "testing_pack").glob("*.py")]):
+        for node_id in re.findall(r'node_id="([^"]+)"', path.read_text()):
+            assert node_id not in seen, f"node id {node_id} is defined in both {seen[node_id]} and {path.name}"
+            seen[node_id] = path.name
+    assert all(k.startswith("ZImageLab") for k in seen)

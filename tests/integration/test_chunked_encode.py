@@ -30,12 +30,12 @@ def graph_with(text, window=480, overlap=64, join="crossfade", extra_texts=()):
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 0]}},
         "4": {"class_type": "ZImageLabChunkedEncode", "inputs": {"clip": ["2", 0], "text": text, "window": window,
                                                                 "overlap": overlap, "join": join}},
-        "5": {"class_type": "ZImageLabTestSaveConditioning", "inputs": {"conditioning": ["3", 0], "filename_prefix": "chunk/stock"}},
-        "6": {"class_type": "ZImageLabTestSaveConditioning", "inputs": {"conditioning": ["4", 0], "filename_prefix": "chunk/ours"}},
+        "5": {"class_type": "ZImageLabTestSaveConditioningFile", "inputs": {"conditioning": ["3", 0], "filename_prefix": "chunk/stock"}},
+        "6": {"class_type": "ZImageLabTestSaveConditioningFile", "inputs": {"conditioning": ["4", 0], "filename_prefix": "chunk/ours"}},
     }
     for i, t in enumerate(extra_texts):
         graph[f"w{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": t, "clip": ["2", 0]}}
-        graph[f"ws{i}"] = {"class_type": "ZImageLabTestSaveConditioning",
+        graph[f"ws{i}"] = {"class_type": "ZImageLabTestSaveConditioningFile",
                            "inputs": {"conditioning": [f"w{i}", 0], "filename_prefix": f"chunk/window_{i}"}}
     return graph
 

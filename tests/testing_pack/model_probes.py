@@ -147,7 +147,7 @@ class SaveConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="ZImageLabTestSaveConditioning", display_name="Save Conditioning (tests)",
+            node_id="ZImageLabTestSaveConditioningFile", display_name="Save Conditioning File (tests)",
             category="Z-Image Lab/testing",
             description="Saves each conditioning entry's token tensor (and attention mask) as safetensors.",
             inputs=[io.Conditioning.Input("conditioning"), io.String.Input("filename_prefix", default="cond")],
