@@ -66,6 +66,8 @@ FORWARD_VARIANTS = {
     "compile+auto+graphs": {"compile_blocks": True, "attention": "auto", "cuda_graphs": True},
     "compile+auto+fp8": {"compile_blocks": True, "attention": "auto", "fp8_matmul": True},
     "compile+auto+fp8+graphs": {"compile_blocks": True, "attention": "auto", "fp8_matmul": True, "cuda_graphs": True},
+    "compile(tuned)+auto+graphs": {"compile_blocks": True, "compile_tuning": True, "attention": "auto",
+                                   "cuda_graphs": True},
 }
 ACCELERATED = {"compile_blocks": True, "attention": "auto", "cuda_graphs": True}
 """The accelerator setting used for the sampling rows (bf16, exact up to rounding)."""
@@ -257,7 +259,8 @@ def diff(a, b) -> dict:
 
 
 class Bench:
-    def __init__(self, config: str, json_path: str | None, variants: list[str] | None, sections: list[str]):
+    def __init__(self, config: str, json_path: str | None, variants: list[str] | None, sections: list[str],
+                 diag_dir: str | None = None):
         import torch
 
         self.config = config
@@ -274,6 +277,10 @@ class Bench:
         if not self.cuda:
             self.variants = [v for v in self.variants if "graphs" not in v and "cudnn" not in v and "flash" not in v]
         self.rows: list[dict] = []
+        self.accelerated: dict = {}
+        self.forward_outputs: dict = {}
+        self.forward_inputs = None
+        self.diag_dir = Path(diag_dir) if diag_dir else None
         self.info = self.environment()
         self.acc = importlib.import_module("zimage_lab.nodes.accelerate")
         self.core = importlib.import_module("zimage_lab.core.accelerate")
@@ -343,10 +350,17 @@ class Bench:
         ctx = torch.randn(1, self.c["tokens"], self.width, generator=gen).to(self.dtype)
         return [[ctx, {}]]
 
-    def patched(self, options: dict | None):
+    def patched(self, options: dict | None, reuse: bool = False):
+        """The stock model, or an accelerated clone (reused per setting when reuse, as a user keeps one node)."""
         if options is None:
             return self.dit, None
-        return self.acc.accelerate_model(self.dit, self.core.AccelerateOptions(**options))
+        key = tuple(sorted(options.items()))
+        if reuse and key in self.accelerated:
+            return self.accelerated[key]
+        made = self.acc.accelerate_model(self.dit, self.core.AccelerateOptions(**options))
+        if reuse:
+            self.accelerated[key] = made
+        return made
 
     # ---- micro benchmarks (GPU only)
 
@@ -420,6 +434,8 @@ class Bench:
                 out = dm(x, ts[0], ctx, ctx.shape[1], transformer_options=transformer_options)
             if reference is None:
                 reference = out.float()
+            self.forward_outputs[name] = out.float().cpu()
+            self.forward_inputs = (x, ts[0], ctx)
             row = dict(section="forward", name=name, size=size, batch=batch, ms=ms, ms_per_image=ms / batch,
                        first_call_s=first_s, **diff(out, reference))
             if runtime is not None:
@@ -465,7 +481,7 @@ class Bench:
                 options = ACCELERATED_FP8 if "fp8" in path else ACCELERATED
                 if not self.cuda:
                     options = {k: v for k, v in options.items() if k != "cuda_graphs"}
-                model, runtime = self.patched(options)
+                model, runtime = self.patched(options, reuse=True)
                 fn = lambda: self.sample_ours(model, latent, positive, 42)  # noqa: E731
             reset_peak()
             first = self.guarded(f"sampling {path} {size} b{batch}", wall, fn, 0, 1)
@@ -552,6 +568,120 @@ class Bench:
                 reference = out
             self.record(section="decode", name=label, size=size, ms=secs * 1e3, first_call_s=first, **diff(out, reference))
 
+    # ---- diagnostics (where the time goes; GPU only)
+
+    def write_diag(self, name: str, text: str):
+        if self.diag_dir:
+            self.diag_dir.mkdir(parents=True, exist_ok=True)
+            (self.diag_dir / name).write_text(text)
+
+    def bench_precision(self):
+        """Each forward variant against a float32 forward of the same weights and inputs."""
+        import copy
+
+        import comfy.model_management as mm
+        import torch
+
+        if self.forward_inputs is None:
+            return
+        x, t, ctx = self.forward_inputs
+        mm.load_models_gpu([self.dit])
+        reference = copy.deepcopy(self.dit.model.diffusion_model).float()
+        with torch.inference_mode():
+            ref = reference(x.float(), t, ctx.float(), ctx.shape[1], transformer_options={}).float().cpu()
+        del reference
+        gc.collect()
+        torch.cuda.empty_cache()
+        for name, out in self.forward_outputs.items():
+            d = diff(out, ref)
+            self.record(section="precision", name=f"{name} vs float32", max_abs_diff=d["max_abs_diff"],
+                        rel_l2_diff=d["rel_l2_diff"], ref_abs_max=float(ref.abs().max()))
+
+    def bench_diagnose(self):
+        """Profiles: kernels of one compiled forward, CPU time and host syncs of one sampling run, the encode."""
+        import cProfile
+        import io
+        import pstats
+        import warnings
+
+        import torch
+
+        if not self.cuda:
+            return
+        # 1. kernels of one accelerated forward
+        import comfy.model_management as mm
+        import comfy.patcher_extension
+
+        patcher, _ = self.patched({"compile_blocks": True, "attention": "auto"}, reuse=True)
+        mm.load_models_gpu([patcher])
+        x, t, ctx = self.forward_inputs
+        to = comfy.patcher_extension.copy_nested_dicts(patcher.model_options["transformer_options"])
+        dm = patcher.model.diffusion_model
+        with torch.inference_mode():
+            dm(x, t, ctx, ctx.shape[1], transformer_options=to)
+            sync()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                dm(x, t, ctx, ctx.shape[1], transformer_options=to)
+                sync()
+        self.write_diag("kernels_forward.txt", prof.key_averages().table(sort_by="cuda_time_total", row_limit=45,
+                                                                          max_name_column_width=110))
+        # 2. one accelerated sampling run: CPU profile and the places that wait for the GPU
+        model, _ = self.patched(ACCELERATED, reuse=True)
+        latent = {"samples": torch.zeros(1, 16, self.c["sizes"][0] // 8, self.c["sizes"][0] // 8)}
+        positive = self.conditioning(1)
+        self.sample_ours(model, latent, positive, 1)
+        syncs = {}
+
+        def on_warning(message, category, filename, lineno, file=None, line=None):
+            import traceback as tb
+
+            frames = [f for f in tb.extract_stack()[:-1] if "/torch/" not in f.filename and "warnings" not in f.filename]
+            where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in frames[-4:][::-1])
+            syncs[where] = syncs.get(where, 0) + 1
+
+        old = warnings.showwarning
+        warnings.showwarning = on_warning
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.showwarning = on_warning
+                self.sample_ours(model, latent, positive, 1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = old
+        self.write_diag("syncs_sampling.txt", "\n".join(f"{n:4d}  {w}" for w, n in sorted(syncs.items(), key=lambda kv: -kv[1])))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        self.sample_ours(model, latent, positive, 1)
+        sync()
+        profiler.disable()
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(40)
+        self.write_diag("cpu_sampling.txt", buf.getvalue())
+        # 3. the text encode: CPU profile, GPU time, and with TF32 matmuls
+        clip = self.clip
+        text = self.prompt(5)
+        tokens = clip.tokenize(text)
+        reference = clip.encode_from_tokens_scheduled(tokens)[0][0]
+        profiler = cProfile.Profile()
+        profiler.enable()
+        clip.encode_from_tokens_scheduled(clip.tokenize(self.prompt(6)))
+        sync()
+        profiler.disable()
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(30)
+        self.write_diag("cpu_encode.txt", buf.getvalue())
+        gpu_ms, _ = events(lambda: clip.encode_from_tokens_scheduled(tokens), 1, 5)
+        self.record(section="encode", name="stock encode (CUDA events)", ms=gpu_ms)
+        old_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            secs, _, out = wall(lambda: clip.encode_from_tokens_scheduled(tokens), 1, 5)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old_tf32
+        self.record(section="encode", name="stock encode with TF32 matmuls", ms=secs * 1e3, **diff(out[0][0], reference))
+
     # ---- driver
 
     def run(self):
@@ -567,6 +697,10 @@ class Bench:
                 self.guarded("decode", self.bench_decode, size)
         if "forward" in self.sections:
             self.bench_forward(first_size, 1)
+        if "precision" in self.sections:
+            self.guarded("precision", self.bench_precision)
+        if "diagnose" in self.sections:
+            self.guarded("diagnose", self.bench_diagnose)
         if "sampling" in self.sections:
             paths = ["stock KSampler", "ZImageLabSampler", "ZImageLabSampler + accelerate"]
             if self.cuda:
@@ -602,7 +736,8 @@ def main(argv=None):
     parser.add_argument("--batches", help="comma-separated batch sizes (default: the config's)")
     parser.add_argument("--variants", help=f"comma-separated forward variants of: {', '.join(FORWARD_VARIANTS)}")
     parser.add_argument("--sections", default="kernels,encode,decode,forward,sampling",
-                        help="comma-separated: kernels, encode, decode, forward, sampling")
+                        help="comma-separated: kernels, encode, decode, forward, precision, diagnose, sampling")
+    parser.add_argument("--diag-dir", help="write profiles (diagnose section) into this folder")
     parser.add_argument("--sample-repeats", type=int, help="timed sampling runs per path (default: the config's)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU exists")
     args = parser.parse_args(argv)
@@ -617,7 +752,7 @@ def main(argv=None):
     for v in variants or []:
         if v not in FORWARD_VARIANTS:
             parser.error(f"unknown variant {v!r}; choose from {', '.join(FORWARD_VARIANTS)}")
-    Bench(args.config, args.json, variants, args.sections.split(",")).run()
+    Bench(args.config, args.json, variants, args.sections.split(","), args.diag_dir).run()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class AccelerateOptions:
     compile_blocks: bool = False
     cuda_graphs: bool = False
     fp8_matmul: bool = False
+    compile_tuning: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when a combination cannot work."""
@@ -308,12 +309,19 @@ def set_recompile_limit(limit: int = 64) -> None:
 _COMPILED: dict = {}
 
 
-def compiled_joint_block() -> Callable:
-    """joint_block under torch.compile: static shapes, whole graph, no autotuning (one per process)."""
-    if "block" not in _COMPILED:
+def compiled_joint_block(tuning: bool = False) -> Callable:
+    """joint_block under torch.compile: static shapes, whole graph (one per process and setting).
+
+    tuning=True lets Inductor tune the launch settings of its fused elementwise / reduction
+    kernels by timing them at the real (fixed) shapes (coordinate descent); matrix multiplies stay
+    cuBLAS either way. Longer first compile, possibly faster kernels.
+    """
+    key = "tuned" if tuning else "default"
+    if key not in _COMPILED:
         set_recompile_limit()
-        _COMPILED["block"] = torch.compile(joint_block, dynamic=False, fullgraph=True)
-    return _COMPILED["block"]
+        options = {"coordinate_descent_tuning": True} if tuning else None
+        _COMPILED[key] = torch.compile(joint_block, dynamic=False, fullgraph=True, options=options)
+    return _COMPILED[key]
 
 
 @dataclass

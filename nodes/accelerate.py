@@ -84,7 +84,7 @@ class Runtime:
         self.timer = core.ShapeTimer(self.stats)
         self.fp8 = Fp8Cache()
         self.graphs = core.GraphRunner()
-        self.block_fn = core.compiled_joint_block() if options.compile_blocks else core.joint_block
+        self.block_fn = core.compiled_joint_block(options.compile_tuning) if options.compile_blocks else core.joint_block
         self._backends: dict = {}
 
     def backend(self, x: torch.Tensor, shape: core.BlockShape) -> str:
