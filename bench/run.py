@@ -69,7 +69,7 @@ FORWARD_VARIANTS = {
     "compile(tuned)+auto+graphs": {"compile_blocks": True, "compile_tuning": True, "attention": "auto",
                                    "cuda_graphs": True},
 }
-ACCELERATED = {"compile_blocks": True, "attention": "auto", "cuda_graphs": True}
+ACCELERATED = {"compile_blocks": True, "attention": "auto", "cuda_graphs": True, "sync_free_sampling": True}
 """The accelerator setting used for the sampling rows (bf16, exact up to rounding)."""
 ACCELERATED_FP8 = {**ACCELERATED, "fp8_matmul": True}
 
@@ -280,6 +280,7 @@ class Bench:
         self.accelerated: dict = {}
         self.forward_outputs: dict = {}
         self.forward_inputs = None
+        self.decode_variants = ("stock", "channels_last", "compile", "compile+cudnn.benchmark", "channels_last+compile")
         self.diag_dir = Path(diag_dir) if diag_dir else None
         self.info = self.environment()
         self.acc = importlib.import_module("zimage_lab.nodes.accelerate")
@@ -462,7 +463,7 @@ class Bench:
                                      "simple", 1.0, 1.0)
         return out["samples"]
 
-    def bench_sampling(self, size: int, batch: int, paths: list[str]):
+    def bench_sampling(self, size: int, batch: int, paths: list[str], repeats: int):
         """Seconds per image of a whole sampling run (8 steps, res_multistep, cfg 1) for each path."""
         import torch
 
@@ -477,6 +478,9 @@ class Bench:
             elif path == "ZImageLabSampler":
                 fn = lambda: self.sample_ours(self.dit, latent, positive, 42)  # noqa: E731
                 runtime = None
+            elif path == "ZImageLabSampler + sync_free_sampling only":
+                model, runtime = self.patched({"sync_free_sampling": True}, reuse=True)
+                fn = lambda: self.sample_ours(model, latent, positive, 42)  # noqa: E731
             else:
                 options = ACCELERATED_FP8 if "fp8" in path else ACCELERATED
                 if not self.cuda:
@@ -488,7 +492,7 @@ class Bench:
             if first is None:
                 continue
             warm_s = first[0]
-            median_s, times, samples = wall(fn, 0, self.c["sample_repeats"])
+            median_s, times, samples = wall(fn, 0, repeats)
             row = dict(section="sampling", name=path, size=size, batch=batch, s=median_s, s_per_image=median_s / batch,
                        ms_per_forward=median_s * 1e3 / self.c["steps"] / batch, peak_gb=peak_gb(), runs=times)
             if reference is None:
@@ -519,7 +523,11 @@ class Bench:
         n = self.c["encode_repeats"]
         tokens = len(clip.tokenize(self.prompt(0))["qwen3_4b"][0])
         clip.encode_from_tokens_scheduled(clip.tokenize(self.prompt(0)))  # loads the encoder to the GPU
-        for label, the_clip in (("stock CLIP", clip), ("accelerated CLIP (cache)", self.acc.accelerate_clip(clip))):
+        variants = [("stock CLIP", clip), ("accelerated CLIP (cache)", self.acc.accelerate_clip(clip))]
+        if self.cuda:
+            variants.append(("accelerated CLIP (cache + CUDA graph)", self.acc.accelerate_clip(clip, True, True)))
+        reference = None
+        for label, the_clip in variants:
             self.core.ENCODE_CACHE.clear()
             tok, enc = [], []
             for i in range(n):
@@ -533,11 +541,13 @@ class Bench:
                 t2 = time.perf_counter()
                 tok.append(t1 - t0)
                 enc.append(t2 - t1)
+            text = self.prompt(1)
+            first = the_clip.encode_from_tokens_scheduled(the_clip.tokenize(text))[0][0]
+            if reference is None:
+                reference = first
             self.record(section="encode", name=f"{label} first", tokens=tokens, ms=1e3 * statistics.median(
                 [a + b for a, b in zip(tok, enc)]), tokenize_ms=1e3 * statistics.median(tok),
-                encode_ms=1e3 * statistics.median(enc))
-            text = self.prompt(1)
-            reference = the_clip.encode_from_tokens_scheduled(the_clip.tokenize(text))[0][0]
+                encode_ms=1e3 * statistics.median(enc), **diff(first, reference))
             secs, _, out = wall(lambda: the_clip.encode_from_tokens_scheduled(the_clip.tokenize(text)), 1, n)
             self.record(section="encode", name=f"{label} same prompt again", tokens=tokens, ms=secs * 1e3,
                         **diff(out[0][0], reference))
@@ -551,11 +561,14 @@ class Bench:
         gen = torch.Generator().manual_seed(5)
         latent = torch.randn(1, 16, size // 8, size // 8, generator=gen)
         reference = None
-        for label, cl, comp in (("stock", False, False), ("channels_last", True, False), ("compile", False, True),
-                                ("channels_last+compile", True, True)):
+        for label, cl, comp, bench in (("stock", False, False, False), ("channels_last", True, False, False),
+                                       ("compile", False, True, False), ("compile+cudnn.benchmark", False, True, True),
+                                       ("channels_last+compile", True, True, False)):
             if comp and not self.cuda and self.config == "tiny":
                 continue
-            vae = self.vae if label == "stock" else self.acc.accelerate_vae(self.vae, cl, comp)
+            if label not in self.decode_variants:
+                continue
+            vae = self.vae if label == "stock" else self.acc.accelerate_vae(self.vae, cl, comp, bench)
             sync()
             t0 = time.perf_counter()
             out = self.guarded(f"decode {label}", vae.decode, latent)
@@ -707,7 +720,10 @@ class Bench:
                 paths.append("ZImageLabSampler + accelerate + fp8")
             for size in self.c["sizes"]:
                 for batch in self.c["batches"]:
-                    self.bench_sampling(size, batch, paths)
+                    headline = (size, batch) == (first_size, 1)
+                    extra = ["ZImageLabSampler + sync_free_sampling only"] if headline else []
+                    repeats = self.c["sample_repeats"] if headline else 1
+                    self.bench_sampling(size, batch, paths[:2] + extra + paths[2:], repeats)
         self.info["peak_gb_overall"] = round(peak_gb(), 2)
         self.save()
         print_table(self.rows)
@@ -737,6 +753,7 @@ def main(argv=None):
     parser.add_argument("--variants", help=f"comma-separated forward variants of: {', '.join(FORWARD_VARIANTS)}")
     parser.add_argument("--sections", default="kernels,encode,decode,forward,sampling",
                         help="comma-separated: kernels, encode, decode, forward, precision, diagnose, sampling")
+    parser.add_argument("--decode-variants", help="comma-separated VAE decode variants (default: all)")
     parser.add_argument("--diag-dir", help="write profiles (diagnose section) into this folder")
     parser.add_argument("--sample-repeats", type=int, help="timed sampling runs per path (default: the config's)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU exists")
@@ -752,7 +769,10 @@ def main(argv=None):
     for v in variants or []:
         if v not in FORWARD_VARIANTS:
             parser.error(f"unknown variant {v!r}; choose from {', '.join(FORWARD_VARIANTS)}")
-    Bench(args.config, args.json, variants, args.sections.split(","), args.diag_dir).run()
+    bench = Bench(args.config, args.json, variants, args.sections.split(","), args.diag_dir)
+    if args.decode_variants:
+        bench.decode_variants = tuple(args.decode_variants.split(","))
+    bench.run()
 
 
 if __name__ == "__main__":

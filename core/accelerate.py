@@ -50,6 +50,7 @@ class AccelerateOptions:
     compile_blocks: bool = False
     cuda_graphs: bool = False
     fp8_matmul: bool = False
+    sync_free_sampling: bool = False
     compile_tuning: bool = False
 
     def validate(self) -> None:
@@ -60,7 +61,8 @@ class AccelerateOptions:
     @property
     def any(self) -> bool:
         """Whether any option is on."""
-        return self.compile_blocks or self.cuda_graphs or self.fp8_matmul or self.attention != "off"
+        return (self.compile_blocks or self.cuda_graphs or self.fp8_matmul or self.sync_free_sampling
+                or self.attention != "off")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,14 +147,13 @@ ATTENTION = AttentionChooser()
 def rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of x [B, L, H, D] by ComfyUI's rotation matrices freqs [B|1, L, 1, D/2, 2, 2].
 
-    Real-valued form of RoPE (out = R @ (x_even, x_odd)) in float32, the same arithmetic as
-    ComfyUI's ``apply_rope1``; written elementwise so a compiler fuses it with the q/k norms.
+    Real-valued RoPE: each pair (x_even, x_odd) becomes R @ (x_even, x_odd), computed in float32
+    as column0 * x_even + column1 * x_odd, the arithmetic of ComfyUI's ``apply_rope1``; plain
+    broadcasting, so a compiler fuses it with the q/k norms into one pass over q and k.
     """
-    xf = x.float().reshape(*x.shape[:-1], -1, 2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out0 = freqs[..., 0, 0] * x0 + freqs[..., 0, 1] * x1
-    out1 = freqs[..., 1, 0] * x0 + freqs[..., 1, 1] * x1
-    return torch.stack((out0, out1), dim=-1).reshape(x.shape).type_as(x)
+    xf = x.float().reshape(*x.shape[:-1], -1, 1, 2)
+    out = freqs[..., 0] * xf[..., 0] + freqs[..., 1] * xf[..., 1]
+    return out.reshape(x.shape).type_as(x)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None) -> torch.Tensor:
@@ -403,12 +404,13 @@ class GraphRunner:
             self._graphs.move_to_end(key)
         graph, static_in, static_out = entry
         for dst, src in zip(static_in, inputs):
-            dst.copy_(src)
+            if dst is not None:
+                dst.copy_(src)
         graph.replay()
-        return static_out.clone(), captured
+        return _clone_outputs(static_out), captured
 
     def _capture(self, fn, inputs):
-        static_in = [t.clone() for t in inputs]
+        static_in = [t.clone() if t is not None else None for t in inputs]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -419,6 +421,84 @@ class GraphRunner:
         with torch.cuda.graph(graph):
             static_out = fn(*static_in)
         return graph, static_in, static_out
+
+
+def _clone_outputs(out):
+    """Fresh copies of a captured graph's outputs (a tensor, or a tuple / list holding tensors and None)."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone_outputs(o) for o in out)
+    return out
+
+
+def pad_tokens(embeds: torch.Tensor, mask: torch.Tensor | None, multiple: int) -> tuple:
+    """Pad a causal text encoder's input at the end to a multiple of tokens (fixed shapes for CUDA graphs).
+
+    With causal attention (and the padding masked out) a real token never sees a pad, so its
+    hidden states are those of the unpadded input; callers slice the output back to the real length.
+    """
+    length = embeds.shape[1]
+    extra = (-length) % multiple
+    if extra == 0:
+        return embeds, mask
+    embeds = torch.cat([embeds, embeds.new_zeros(embeds.shape[0], extra, *embeds.shape[2:])], dim=1)
+    if mask is not None:
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
+    return embeds, mask
+
+
+# --------------------------------------------------------------------------------------------
+# sampling without host syncs
+
+
+def res_multistep_sync_free(model, x, sigmas, extra_args: dict, callback, s_noise: float, noise_sampler):
+    """ComfyUI's res_multistep (eta 0, no CFG++) with its per-step branches decided on the host.
+
+    ComfyUI's loop tests ``sigma_down == 0`` and ``sigmas[i + 1] > 0`` on GPU tensors, which makes
+    the CPU wait for every step to finish before it may queue the next one (the GPU then idles
+    while Python prepares it). Here the sigmas are read to the host once, before the loop, and
+    every tensor operation is the same one in the same order, so the result is bit-identical.
+    """
+    levels = sigmas.tolist()
+    s_in = x.new_ones([x.shape[0]])
+
+    def sigma_fn(t):
+        return t.neg().exp()
+
+    def t_fn(sigma):
+        return sigma.log().neg()
+
+    def phi1_fn(t):
+        return torch.expm1(t) / t
+
+    def phi2_fn(t):
+        return (phi1_fn(t) - 1.0) / t
+
+    old_sigma_down = None
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        sigma_down, sigma_up = sigmas[i + 1], 0.0
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        if levels[i + 1] == 0 or old_denoised is None:
+            d = (x - denoised) / sigmas[i][(...,) + (None,) * (x.ndim - sigmas[i].ndim)]
+            dt = sigma_down - sigmas[i]
+            x = x + d * dt
+        else:
+            t, t_old, t_next, t_prev = t_fn(sigmas[i]), t_fn(old_sigma_down), t_fn(sigma_down), t_fn(sigmas[i - 1])
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            phi1_val, phi2_val = phi1_fn(-h), phi2_fn(-h)
+            b1 = torch.nan_to_num(phi1_val - phi2_val / c2, nan=0.0)
+            b2 = torch.nan_to_num(phi2_val / c2, nan=0.0)
+            x = sigma_fn(h) * x + h * (b1 * denoised + b2 * old_denoised)
+        if levels[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        old_denoised = denoised
+        old_sigma_down = sigma_down
+    return x
 
 
 # --------------------------------------------------------------------------------------------

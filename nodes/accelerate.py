@@ -208,9 +208,22 @@ def attention_override(backend: str, runtime: Runtime):
     return override
 
 
-def _weights_signature(diffusion_model) -> tuple:
-    """Addresses of every parameter: a captured graph is only valid while these do not move."""
-    return tuple(p.data_ptr() for p in diffusion_model.parameters())
+_PARAM_SLOTS: dict = {}
+
+
+def weights_signature(model: torch.nn.Module) -> tuple:
+    """Addresses of every parameter: a captured graph is only valid while these do not move.
+
+    The (module, name) slots are listed once per model; reading ~600 addresses costs ~0.1 ms.
+    """
+    key = id(model)
+    slots = _PARAM_SLOTS.get(key)
+    if slots is None or slots[0]() is not model:
+        import weakref
+
+        slots = (weakref.ref(model), [(m, n) for m in model.modules() for n, _ in m.named_parameters(recurse=False)])
+        _PARAM_SLOTS[key] = slots
+    return tuple(getattr(m, n).data_ptr() for m, n in slots[1])
 
 
 def graph_wrapper(runtime: Runtime):
@@ -238,7 +251,7 @@ def graph_wrapper(runtime: Runtime):
         plain = {k: v for k, v in kwargs.items() if k not in extra_tensors and k != "transformer_options"}
         key = (tuple((tuple(t.shape), str(t.dtype)) for t in tensors), num_tokens, attention_mask is not None,
                tuple(names), repr(sorted(plain.items(), key=lambda kv: kv[0])), repr(options.get("rope_options")),
-               _weights_signature(executor.class_obj), runtime.fp8.generation)
+               weights_signature(executor.class_obj), runtime.fp8.generation)
 
         def run(*ts):
             x_, t_, c_ = ts[:3]
@@ -252,6 +265,36 @@ def graph_wrapper(runtime: Runtime):
             runtime.stats.graphs_captured += 1
         runtime.stats.graph_replays += 1
         return out
+
+    return wrapper
+
+
+def sync_free_res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.,
+                            noise_sampler=None):
+    """Drop-in for comfy.k_diffusion.sampling.sample_res_multistep without per-step host syncs."""
+    import comfy.k_diffusion.sampling as k_sampling
+
+    extra_args = {} if extra_args is None else extra_args
+    seed = extra_args.get("seed", None)
+    noise_sampler = k_sampling.default_noise_sampler(x, seed=seed) if noise_sampler is None else noise_sampler
+    return core.res_multistep_sync_free(model, x, sigmas, extra_args, callback, s_noise, noise_sampler)
+
+
+def sampler_wrapper(runtime: Runtime):
+    """SAMPLER_SAMPLE wrapper: runs res_multistep (the Turbo default) without host syncs; other samplers as they are."""
+    import comfy.k_diffusion.sampling as k_sampling
+
+    def wrapper(executor, *args, **kwargs):
+        ksampler = executor.class_obj
+        function = getattr(ksampler, "sampler_function", None)
+        if function is not k_sampling.sample_res_multistep or getattr(ksampler, "extra_options", None):
+            runtime.stats.fallback("sampler without a sync-free version")
+            return executor(*args, **kwargs)
+        ksampler.sampler_function = sync_free_res_multistep
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            ksampler.sampler_function = function
 
     return wrapper
 
@@ -283,6 +326,9 @@ def accelerate_model(model, options: core.AccelerateOptions):
     if options.cuda_graphs:
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
                                      graph_wrapper(runtime))
+    if options.sync_free_sampling:
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
+                                     sampler_wrapper(runtime))
     patched.set_attachments(WRAPPER_KEY, runtime)
     return patched, runtime
 
@@ -323,7 +369,68 @@ def _frozen_conditioning(value):
     return [[cond, extras.copy()] if isinstance(extras, dict) else [cond, extras] for cond, extras in value]
 
 
-def accelerate_clip(clip):
+class GraphedTextModel(torch.nn.Module):
+    """Stands in for the Qwen3 decoder stack: replays each forward from a CUDA graph per padded length.
+
+    Inputs are padded at the end to a multiple of 32 tokens (causal attention, pads masked: the
+    real tokens' hidden states are unchanged) so that prompts of similar length share a graph.
+    Falls back to the plain forward where a graph cannot be used (CPU, dynamic VRAM loading,
+    key/value caches for generation, embeddings other than tokens).
+    """
+
+    def __init__(self, inner: torch.nn.Module, graphs: core.GraphRunner):
+        super().__init__()
+        self._modules = dict(inner._modules)
+        object.__setattr__(self, "original", inner)
+        object.__setattr__(self, "graphs", graphs)
+        object.__setattr__(self, "replays", 0)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "original"), name)
+
+    def _graphable(self, x, embeds, position_ids, embeds_info, past_key_values, intermediate_output) -> bool:
+        if x is not None or embeds is None or not embeds.is_cuda or position_ids is not None or embeds_info:
+            return False
+        if past_key_values is not None or not (intermediate_output is None or isinstance(intermediate_output, int)):
+            return False
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        return not any(hasattr(m, "_v") for m in self.modules())
+
+    def forward(self, x, attention_mask=None, embeds=None, num_tokens=None, intermediate_output=None,
+                final_layer_norm_intermediate=True, dtype=None, position_ids=None, embeds_info=[], past_key_values=None):
+        original = self.original
+        if not self._graphable(x, embeds, position_ids, embeds_info, past_key_values, intermediate_output):
+            return original(x, attention_mask, embeds=embeds, num_tokens=num_tokens,
+                            intermediate_output=intermediate_output,
+                            final_layer_norm_intermediate=final_layer_norm_intermediate, dtype=dtype,
+                            position_ids=position_ids, embeds_info=embeds_info, past_key_values=past_key_values)
+        length = embeds.shape[1]
+        padded, mask = core.pad_tokens(embeds, attention_mask, 32)
+        key = (tuple(padded.shape), str(padded.dtype), mask is None, intermediate_output,
+               final_layer_norm_intermediate, str(dtype), weights_signature(self))
+
+        def run(e, m):
+            return original(None, m, embeds=e, num_tokens=num_tokens, intermediate_output=intermediate_output,
+                            final_layer_norm_intermediate=final_layer_norm_intermediate, dtype=dtype)
+
+        out, _ = self.graphs.run(key, run, padded, mask)
+        object.__setattr__(self, "replays", self.replays + 1)
+        return tuple(o[:, :length] if isinstance(o, torch.Tensor) and o.ndim == 3 else o for o in out)
+
+
+def _text_model_path(cond_stage_model) -> str | None:
+    """Dotted path (inside the CLIP's patcher model) of the decoder stack to graph, if it is a ComfyUI Llama."""
+    for name, module in cond_stage_model.named_modules():
+        if name.endswith("transformer.model") and hasattr(module, "layers") and hasattr(module, "embed_tokens"):
+            return name
+    return None
+
+
+def accelerate_clip(clip, cache: bool = True, graphs: bool = False):
     """A CLIP clone whose tokenizing and encoding go through the process-wide cache.
 
     Two levels: this clone answers a repeated (tokens, layer, patches) request before ComfyUI even
@@ -331,11 +438,22 @@ def accelerate_clip(clip):
     further clones (CLIPSetLastLayer, LoRA loaders), caches by tokens, encoder options and the
     weight patches actually applied.
     """
-    if clip.patcher.forced_hooks is not None:
+    if cache and clip.patcher.forced_hooks is not None:
         raise ValueError("clip has scheduled hooks: cached encodes cannot follow hook keyframes. "
                          "Turn cache_text_encodes off for this CLIP.")
     patched = clip.clone()
     cond_stage_model = clip.cond_stage_model
+    if graphs:
+        path = _text_model_path(cond_stage_model)
+        if path is None:
+            raise ValueError("graph_text_encoder is on but this CLIP has no ComfyUI Llama/Qwen3 decoder stack: "
+                             "use it with the Z-Image text encoder (qwen_3_4b.safetensors, type lumina2).")
+        inner = patched.patcher.get_model_object(path)
+        if isinstance(inner, GraphedTextModel):
+            inner = inner.original
+        patched.patcher.add_object_patch(path, GraphedTextModel(inner, core.GraphRunner(max_graphs=8, warmup=1)))
+    if not cache:
+        return patched
     patched.patcher.add_object_patch("encode_token_weights", cached_encode_token_weights(cond_stage_model))
     tokenize = patched.tokenize
     encode_scheduled = patched.encode_from_tokens_scheduled
@@ -367,9 +485,10 @@ def accelerate_clip(clip):
 class AcceleratedDecoder:
     """Stands in for VAE.first_stage_model: decode() in channels-last and/or compiled; all else delegated."""
 
-    def __init__(self, model, channels_last: bool, compiled: bool):
+    def __init__(self, model, channels_last: bool, compiled: bool, cudnn_benchmark: bool = False):
         self._model = model
         self._channels_last = channels_last
+        self._cudnn_benchmark = cudnn_benchmark
         self._decode = torch.compile(model.decode, dynamic=False) if compiled else model.decode
 
     def __getattr__(self, name):
@@ -378,16 +497,23 @@ class AcceleratedDecoder:
     def decode(self, z, **kwargs):
         if self._channels_last and z.ndim == 4:
             z = z.contiguous(memory_format=torch.channels_last)
-        return self._decode(z, **kwargs)
+        if not self._cudnn_benchmark:
+            return self._decode(z, **kwargs)
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return self._decode(z, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = previous
 
 
-def accelerate_vae(vae, channels_last: bool, compiled: bool):
+def accelerate_vae(vae, channels_last: bool, compiled: bool, cudnn_benchmark: bool = False):
     """A copy of VAE (sharing its weights and patcher) whose decode runs channels-last and/or compiled."""
     patched = copy.copy(vae)
     model = vae.first_stage_model
     if isinstance(model, AcceleratedDecoder):
         model = model._model
-    patched.first_stage_model = AcceleratedDecoder(model, channels_last, compiled)
+    patched.first_stage_model = AcceleratedDecoder(model, channels_last, compiled, cudnn_benchmark)
     return patched
 
 
@@ -395,13 +521,13 @@ def accelerate_vae(vae, channels_last: bool, compiled: bool):
 # node
 
 
-def describe(options: core.AccelerateOptions, clip_done: bool, vae_done: str) -> str:
+def describe(options: core.AccelerateOptions, clip_done: str, vae_done: str) -> str:
     """One-line summary for the node's UI."""
     on = [name for name, value in options.to_dict().items() if value not in (False, "off")]
     text = "accelerations: " + (", ".join(f"{n}={options.to_dict()[n]}" if n == "attention" else n for n in on)
                                 if on else "none (MODEL unchanged)")
     if clip_done:
-        text += "; CLIP encodes cached"
+        text += f"; CLIP encode {clip_done}"
     if vae_done:
         text += f"; VAE decode {vae_done}"
     return text
@@ -442,10 +568,20 @@ class ZImageAccelerate(io.ComfyNode):
                                  tooltip="Opt-in: run the block matrix multiplies in FP8 e4m3 with per-row scales "
                                          "(Hopper/Blackwell GPUs). Faster but NOT exact: outputs differ from bf16 "
                                          "beyond rounding. Keeps an FP8 copy of the weights (about 6 GB)."),
+                io.Boolean.Input("sync_free_sampling", default=False,
+                                 tooltip="Run res_multistep (the Turbo default sampler) without waiting for the GPU "
+                                         "at every step (ComfyUI's loop reads two GPU values per step); the same "
+                                         "operations in the same order, so bit-identical latents. Other samplers run "
+                                         "as they are (euler has no such waits)."),
                 io.Boolean.Input("cache_text_encodes", default=False,
                                  tooltip="CLIP: encode each distinct prompt (with the same template, layer and "
                                          "encoder weights) once per server process; repeats return the cached "
                                          "conditioning. Needs the clip input."),
+                io.Boolean.Input("graph_text_encoder", default=False,
+                                 tooltip="CLIP: replay the Qwen3 forward from a CUDA graph (prompts padded at the end "
+                                         "to a multiple of 32 tokens; causal attention keeps the real tokens' states). "
+                                         "Removes Python and launch overhead of a first encode. Needs the clip input; "
+                                         "skipped with DynamicVRAM weight streaming."),
                 io.Boolean.Input("vae_channels_last", default=False,
                                  tooltip="VAE: decode in channels-last memory layout (faster convolutions on "
                                          "NVIDIA tensor cores). Needs the vae input."),
@@ -466,25 +602,30 @@ class ZImageAccelerate(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, attention, compile_blocks, cuda_graphs, fp8_matmul, cache_text_encodes,
-                vae_channels_last, vae_compile, clip=None, vae=None) -> io.NodeOutput:
+    def execute(cls, model, attention, compile_blocks, cuda_graphs, fp8_matmul, sync_free_sampling,
+                cache_text_encodes, graph_text_encoder, vae_channels_last, vae_compile, clip=None,
+                vae=None) -> io.NodeOutput:
         options = core.AccelerateOptions(attention=attention, compile_blocks=compile_blocks, cuda_graphs=cuda_graphs,
-                                         fp8_matmul=fp8_matmul)
+                                         fp8_matmul=fp8_matmul, sync_free_sampling=sync_free_sampling)
         options.validate()
-        if cache_text_encodes and clip is None:
-            raise ValueError("cache_text_encodes is on but no clip is connected: connect the CLIP to the clip input.")
+        if (cache_text_encodes or graph_text_encoder) and clip is None:
+            raise ValueError("a CLIP option (cache_text_encodes / graph_text_encoder) is on but no clip is connected: "
+                             "connect the CLIP to the clip input.")
         if (vae_channels_last or vae_compile) and vae is None:
             raise ValueError("a VAE option is on but no vae is connected: connect the VAE to the vae input.")
         if options.any:
             out_model, _ = accelerate_model(model, options)
         else:
             out_model = model
-        out_clip = accelerate_clip(clip) if cache_text_encodes else clip
+        clip_on = cache_text_encodes or graph_text_encoder
+        out_clip = accelerate_clip(clip, cache_text_encodes, graph_text_encoder) if clip_on else clip
         vae_done = " + ".join(n for n, on in (("channels-last", vae_channels_last), ("compiled", vae_compile)) if on)
         out_vae = accelerate_vae(vae, vae_channels_last, vae_compile) if vae_done else vae
         record = {"node": "ZImageLabAccelerate", **options.to_dict(), "cache_text_encodes": cache_text_encodes,
-                  "vae_channels_last": vae_channels_last, "vae_compile": vae_compile}
-        text = describe(options, cache_text_encodes, vae_done)
+                  "graph_text_encoder": graph_text_encoder, "vae_channels_last": vae_channels_last,
+                  "vae_compile": vae_compile}
+        clip_done = " + ".join(n for n, on in (("cached", cache_text_encodes), ("CUDA graph", graph_text_encoder)) if on)
+        text = describe(options, clip_done, vae_done)
         logging.info("ZImageLabAccelerate: %s", text)
         return io.NodeOutput(out_model, out_clip, out_vae, json.dumps(record, indent=1), ui={"text": [text]})
 
