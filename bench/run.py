@@ -135,6 +135,7 @@ def build_dit(config: str, device, dtype):
     model = model_config.get_model({}, "", device=device)
     model.diffusion_model.to(device=device, dtype=dtype)
     randomize_(model.diffusion_model, 0)
+    model.requires_grad_(False)  # as after ComfyUI loads a checkpoint
     import comfy.model_management as mm
 
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
@@ -153,6 +154,7 @@ def build_clip(config: str, device):
                                                         comfy.text_encoders.z_image.te())
         clip = comfy.sd.CLIP(target, model_options={"initial_device": device})
         randomize_(clip.cond_stage_model, 1)
+        clip.cond_stage_model.requires_grad_(False)
         return clip
     return tiny_models.make_clip(tiny_models.QWEN3_CONFIG, tiny_models.build_qwen3())
 
@@ -525,7 +527,9 @@ class Bench:
         clip.encode_from_tokens_scheduled(clip.tokenize(self.prompt(0)))  # loads the encoder to the GPU
         variants = [("stock CLIP", clip), ("accelerated CLIP (cache)", self.acc.accelerate_clip(clip))]
         if self.cuda:
-            variants.append(("accelerated CLIP (cache + CUDA graph)", self.acc.accelerate_clip(clip, True, True)))
+            variants.append(("accelerated CLIP (cache + CUDA graph)", self.acc.accelerate_clip(clip, True, "on")))
+            variants.append(("accelerated CLIP (cache + CUDA graph + TF32)",
+                             self.acc.accelerate_clip(clip, True, "on + TF32")))
         reference = None
         for label, the_clip in variants:
             self.core.ENCODE_CACHE.clear()
@@ -579,7 +583,13 @@ class Bench:
             secs, _, out = wall(lambda: vae.decode(latent), 1, self.c["decode_repeats"])
             if reference is None:
                 reference = out
-            self.record(section="decode", name=label, size=size, ms=secs * 1e3, first_call_s=first, **diff(out, reference))
+            gpu = {}
+            if self.cuda:
+                z = latent.to(self.device, vae.vae_dtype)
+                gpu_ms, _ = events(lambda: vae.first_stage_model.decode(z), 1, self.c["decode_repeats"])
+                gpu = {"decoder_only_ms": gpu_ms}
+            self.record(section="decode", name=label, size=size, ms=secs * 1e3, first_call_s=first, **gpu,
+                        **diff(out, reference))
 
     # ---- diagnostics (where the time goes; GPU only)
 
@@ -590,8 +600,6 @@ class Bench:
 
     def bench_precision(self):
         """Each forward variant against a float32 forward of the same weights and inputs."""
-        import copy
-
         import comfy.model_management as mm
         import torch
 
@@ -599,12 +607,16 @@ class Bench:
             return
         x, t, ctx = self.forward_inputs
         mm.load_models_gpu([self.dit])
-        reference = copy.deepcopy(self.dit.model.diffusion_model).float()
-        with torch.inference_mode():
-            ref = reference(x.float(), t, ctx.float(), ctx.shape[1], transformer_options={}).float().cpu()
-        del reference
-        gc.collect()
-        torch.cuda.empty_cache()
+        dm = self.dit.model.diffusion_model
+        with torch.inference_mode(False), torch.no_grad():
+            dm.float()  # in place: bf16 -> float32 -> bf16 round-trips exactly
+        try:
+            ref = dm(x.float(), t, ctx.float(), ctx.shape[1], transformer_options={}).float().cpu()
+        finally:
+            with torch.inference_mode(False), torch.no_grad():
+                dm.to(self.dtype)
+            gc.collect()
+            torch.cuda.empty_cache()
         for name, out in self.forward_outputs.items():
             d = diff(out, ref)
             self.record(section="precision", name=f"{name} vs float32", max_abs_diff=d["max_abs_diff"],
@@ -698,8 +710,15 @@ class Bench:
     # ---- driver
 
     def run(self):
+        """Everything under torch.inference_mode, as ComfyUI's executor runs nodes."""
+        import torch
+
         print(json.dumps(self.info), flush=True)
         self.build()
+        with torch.inference_mode():
+            self._run()
+
+    def _run(self):
         if "kernels" in self.sections:
             self.guarded("kernels", self.bench_kernels)
         first_size = self.c["sizes"][0]

@@ -157,6 +157,8 @@ class AcceleratedBlock(torch.nn.Module):
             reason = "another attention override"
         elif self.shape.modulation and adaln_input is None:
             reason = "no adaLN input"
+        elif torch.is_grad_enabled() and (x.requires_grad or self.attention.qkv.weight.requires_grad):
+            reason = "autograd (training) call"
         if reason is not None:
             rt.stats.fallback(reason)
             return self.original(x, x_mask, freqs_cis, adaln_input, timestep_zero_index=timestep_zero_index,
@@ -269,6 +271,7 @@ def graph_wrapper(runtime: Runtime):
     return wrapper
 
 
+@torch.no_grad()
 def sync_free_res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.,
                             noise_sampler=None):
     """Drop-in for comfy.k_diffusion.sampling.sample_res_multistep without per-step host syncs."""
@@ -378,11 +381,12 @@ class GraphedTextModel(torch.nn.Module):
     key/value caches for generation, embeddings other than tokens).
     """
 
-    def __init__(self, inner: torch.nn.Module, graphs: core.GraphRunner):
+    def __init__(self, inner: torch.nn.Module, graphs: core.GraphRunner, tf32: bool = False):
         super().__init__()
         self._modules = dict(inner._modules)
         object.__setattr__(self, "original", inner)
         object.__setattr__(self, "graphs", graphs)
+        object.__setattr__(self, "tf32", tf32)
         object.__setattr__(self, "replays", 0)
 
     def __getattr__(self, name):
@@ -417,7 +421,12 @@ class GraphedTextModel(torch.nn.Module):
             return original(None, m, embeds=e, num_tokens=num_tokens, intermediate_output=intermediate_output,
                             final_layer_norm_intermediate=final_layer_norm_intermediate, dtype=dtype)
 
-        out, _ = self.graphs.run(key, run, padded, mask)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32 or previous  # only consulted while capturing
+        try:
+            out, _ = self.graphs.run(key + (self.tf32,), run, padded, mask)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
         object.__setattr__(self, "replays", self.replays + 1)
         return tuple(o[:, :length] if isinstance(o, torch.Tensor) and o.ndim == 3 else o for o in out)
 
@@ -430,7 +439,10 @@ def _text_model_path(cond_stage_model) -> str | None:
     return None
 
 
-def accelerate_clip(clip, cache: bool = True, graphs: bool = False):
+TEXT_ENCODER_GRAPH = ("off", "on", "on + TF32")
+
+
+def accelerate_clip(clip, cache: bool = True, graphs: str = "off"):
     """A CLIP clone whose tokenizing and encoding go through the process-wide cache.
 
     Two levels: this clone answers a repeated (tokens, layer, patches) request before ComfyUI even
@@ -443,7 +455,9 @@ def accelerate_clip(clip, cache: bool = True, graphs: bool = False):
                          "Turn cache_text_encodes off for this CLIP.")
     patched = clip.clone()
     cond_stage_model = clip.cond_stage_model
-    if graphs:
+    if graphs not in TEXT_ENCODER_GRAPH:
+        raise ValueError(f"graph_text_encoder is {graphs!r}: choose one of {', '.join(TEXT_ENCODER_GRAPH)}.")
+    if graphs != "off":
         path = _text_model_path(cond_stage_model)
         if path is None:
             raise ValueError("graph_text_encoder is on but this CLIP has no ComfyUI Llama/Qwen3 decoder stack: "
@@ -451,7 +465,8 @@ def accelerate_clip(clip, cache: bool = True, graphs: bool = False):
         inner = patched.patcher.get_model_object(path)
         if isinstance(inner, GraphedTextModel):
             inner = inner.original
-        patched.patcher.add_object_patch(path, GraphedTextModel(inner, core.GraphRunner(max_graphs=8, warmup=1)))
+        patched.patcher.add_object_patch(path, GraphedTextModel(inner, core.GraphRunner(max_graphs=8, warmup=1),
+                                                                tf32=graphs == "on + TF32"))
     if not cache:
         return patched
     patched.patcher.add_object_patch("encode_token_weights", cached_encode_token_weights(cond_stage_model))
@@ -577,11 +592,13 @@ class ZImageAccelerate(io.ComfyNode):
                                  tooltip="CLIP: encode each distinct prompt (with the same template, layer and "
                                          "encoder weights) once per server process; repeats return the cached "
                                          "conditioning. Needs the clip input."),
-                io.Boolean.Input("graph_text_encoder", default=False,
-                                 tooltip="CLIP: replay the Qwen3 forward from a CUDA graph (prompts padded at the end "
-                                         "to a multiple of 32 tokens; causal attention keeps the real tokens' states). "
-                                         "Removes Python and launch overhead of a first encode. Needs the clip input; "
-                                         "skipped with DynamicVRAM weight streaming."),
+                io.Combo.Input("graph_text_encoder", options=list(TEXT_ENCODER_GRAPH), default="off",
+                               tooltip="CLIP: replay the Qwen3 forward from a CUDA graph (prompts padded at the end "
+                                       "to a multiple of 32 tokens; causal attention keeps the real tokens' states), "
+                                       "removing the Python and launch overhead of a first encode. 'on + TF32' also "
+                                       "runs its float32 matrix multiplies on TF32 tensor cores (faster, ~1e-3 "
+                                       "relative rounding). Needs the clip input; skipped with DynamicVRAM weight "
+                                       "streaming."),
                 io.Boolean.Input("vae_channels_last", default=False,
                                  tooltip="VAE: decode in channels-last memory layout (faster convolutions on "
                                          "NVIDIA tensor cores). Needs the vae input."),
@@ -608,7 +625,7 @@ class ZImageAccelerate(io.ComfyNode):
         options = core.AccelerateOptions(attention=attention, compile_blocks=compile_blocks, cuda_graphs=cuda_graphs,
                                          fp8_matmul=fp8_matmul, sync_free_sampling=sync_free_sampling)
         options.validate()
-        if (cache_text_encodes or graph_text_encoder) and clip is None:
+        if (cache_text_encodes or graph_text_encoder != "off") and clip is None:
             raise ValueError("a CLIP option (cache_text_encodes / graph_text_encoder) is on but no clip is connected: "
                              "connect the CLIP to the clip input.")
         if (vae_channels_last or vae_compile) and vae is None:
@@ -617,14 +634,15 @@ class ZImageAccelerate(io.ComfyNode):
             out_model, _ = accelerate_model(model, options)
         else:
             out_model = model
-        clip_on = cache_text_encodes or graph_text_encoder
+        clip_on = cache_text_encodes or graph_text_encoder != "off"
         out_clip = accelerate_clip(clip, cache_text_encodes, graph_text_encoder) if clip_on else clip
         vae_done = " + ".join(n for n, on in (("channels-last", vae_channels_last), ("compiled", vae_compile)) if on)
         out_vae = accelerate_vae(vae, vae_channels_last, vae_compile) if vae_done else vae
         record = {"node": "ZImageLabAccelerate", **options.to_dict(), "cache_text_encodes": cache_text_encodes,
                   "graph_text_encoder": graph_text_encoder, "vae_channels_last": vae_channels_last,
                   "vae_compile": vae_compile}
-        clip_done = " + ".join(n for n, on in (("cached", cache_text_encodes), ("CUDA graph", graph_text_encoder)) if on)
+        clip_done = " + ".join(n for n, on in (("cached", cache_text_encodes),
+                                                (f"CUDA graph ({graph_text_encoder})", graph_text_encoder != "off")) if on)
         text = describe(options, clip_done, vae_done)
         logging.info("ZImageLabAccelerate: %s", text)
         return io.NodeOutput(out_model, out_clip, out_vae, json.dumps(record, indent=1), ui={"text": [text]})
