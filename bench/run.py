@@ -494,7 +494,10 @@ class Bench:
             if first is None:
                 continue
             warm_s = first[0]
-            median_s, times, samples = wall(fn, 0, repeats)
+            if runtime is None and repeats == 1:
+                median_s, times, samples = first  # nothing to compile: the first run is a steady-state run
+            else:
+                median_s, times, samples = wall(fn, 0, repeats)
             row = dict(section="sampling", name=path, size=size, batch=batch, s=median_s, s_per_image=median_s / batch,
                        ms_per_forward=median_s * 1e3 / self.c["steps"] / batch, peak_gb=peak_gb(), runs=times)
             if reference is None:
