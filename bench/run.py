@@ -282,6 +282,7 @@ class Bench:
         self.accelerated: dict = {}
         self.forward_outputs: dict = {}
         self.forward_inputs = None
+        self.sampling_paths = None
         self.decode_variants = ("stock", "channels_last", "compile", "compile+cudnn.benchmark", "channels_last+compile")
         self.diag_dir = Path(diag_dir) if diag_dir else None
         self.info = self.environment()
@@ -314,7 +315,7 @@ class Bench:
         return info
 
     def record(self, **row):
-        row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        row = {k: (float(f"{v:.5g}") if isinstance(v, float) else v) for k, v in row.items()}
         self.rows.append(row)
         print("  " + json.dumps(row), flush=True)
         self.save()
@@ -740,10 +741,14 @@ class Bench:
             paths = ["stock KSampler", "ZImageLabSampler", "ZImageLabSampler + accelerate"]
             if self.cuda:
                 paths.append("ZImageLabSampler + accelerate + fp8")
+            if self.sampling_paths:
+                paths = [p for p in paths if p in self.sampling_paths]
             for size in self.c["sizes"]:
                 for batch in self.c["batches"]:
                     headline = (size, batch) == (first_size, 1)
                     extra = ["ZImageLabSampler + sync_free_sampling only"] if headline else []
+                    if self.sampling_paths:
+                        extra = [p for p in extra if p in self.sampling_paths]
                     repeats = self.c["sample_repeats"] if headline else 1
                     self.bench_sampling(size, batch, paths[:2] + extra + paths[2:], repeats)
         self.info["peak_gb_overall"] = round(peak_gb(), 2)
@@ -775,6 +780,7 @@ def main(argv=None):
     parser.add_argument("--variants", help=f"comma-separated forward variants of: {', '.join(FORWARD_VARIANTS)}")
     parser.add_argument("--sections", default="kernels,encode,decode,forward,sampling",
                         help="comma-separated: kernels, encode, decode, forward, precision, diagnose, sampling")
+    parser.add_argument("--sampling-paths", help="comma-separated sampling paths (default: all)")
     parser.add_argument("--decode-variants", help="comma-separated VAE decode variants (default: all)")
     parser.add_argument("--diag-dir", help="write profiles (diagnose section) into this folder")
     parser.add_argument("--sample-repeats", type=int, help="timed sampling runs per path (default: the config's)")
@@ -794,6 +800,8 @@ def main(argv=None):
     bench = Bench(args.config, args.json, variants, args.sections.split(","), args.diag_dir)
     if args.decode_variants:
         bench.decode_variants = tuple(args.decode_variants.split(","))
+    if args.sampling_paths:
+        bench.sampling_paths = tuple(args.sampling_paths.split(","))
     bench.run()
 
 

@@ -521,6 +521,7 @@ class EncodeCache:
         self._lock = threading.RLock()
         self.hits = 0
         self.misses = 0
+        self.by_kind: dict = {}
 
     def __len__(self) -> int:
         return len(self._store)
@@ -528,14 +529,18 @@ class EncodeCache:
     def get_or_compute(self, owner: object, key, compute: Callable[[], Any]):
         """The cached value of (owner, key), computing and storing it on a miss."""
         full_key = (id(owner), key)
+        kind = key[0] if isinstance(key, tuple) and key and isinstance(key[0], str) else "other"
         with self._lock:
+            counts = self.by_kind.setdefault(kind, {"hits": 0, "misses": 0})
             if full_key in self._store:
                 self._store.move_to_end(full_key)
                 self.hits += 1
+                counts["hits"] += 1
                 return self._store[full_key]
         value = compute()
         with self._lock:
             self.misses += 1
+            counts["misses"] += 1
             self._track(owner)
             self._store[full_key] = value
             while len(self._store) > self.max_entries:
@@ -557,15 +562,20 @@ class EncodeCache:
             finalizer.detach()
 
     def clear(self) -> None:
-        """Drop everything (all owners)."""
+        """Drop everything (all owners) and reset the counters."""
         with self._lock:
+            self.hits = self.misses = 0
+            self.by_kind.clear()
             self._store.clear()
             for finalizer in self._owners.values():
                 finalizer.detach()
             self._owners.clear()
 
     def stats(self) -> dict:
-        return {"entries": len(self._store), "hits": self.hits, "misses": self.misses}
+        """Entries, hits and misses (in total and per kind of key: tokenize, encode, scheduled, ...)."""
+        with self._lock:
+            return {"entries": len(self._store), "hits": self.hits, "misses": self.misses,
+                    "by_kind": {k: dict(v) for k, v in self.by_kind.items()}}
 
 
 ENCODE_CACHE = EncodeCache()

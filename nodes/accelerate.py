@@ -649,3 +649,22 @@ class ZImageAccelerate(io.ComfyNode):
 
 
 NODES = [ZImageAccelerate]
+
+
+def on_load():
+    """GET /zimage_lab/accelerate/encode_cache (entries, hits, misses) and POST .../clear."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:  # not inside a ComfyUI server
+        return
+    routes = PromptServer.instance.routes
+
+    @routes.get("/zimage_lab/accelerate/encode_cache")
+    async def encode_cache_stats(request):
+        return web.json_response(core.ENCODE_CACHE.stats())
+
+    @routes.post("/zimage_lab/accelerate/encode_cache/clear")
+    async def encode_cache_clear(request):
+        core.ENCODE_CACHE.clear()
+        return web.json_response(core.ENCODE_CACHE.stats())
