@@ -53,8 +53,17 @@ class WeightFetcher:
         self.held.clear()
 
 
+def _state(t: torch.Tensor) -> tuple:
+    """Where a tensor's data lives and how often it was written (inference tensors keep no counter)."""
+    try:
+        version = t._version
+    except RuntimeError:  # created under torch.inference_mode, as ComfyUI's loaders do
+        version = None
+    return t.data_ptr(), version
+
+
 class Fp8Cache:
-    """FP8 copies of resident Linear weights, remade when the weight changes (LoRA patched in place)."""
+    """FP8 copies of resident Linear weights, remade when a weight is replaced or moved (LoRA patches)."""
 
     def __init__(self):
         self._entries: dict = {}
@@ -63,10 +72,10 @@ class Fp8Cache:
     def get(self, weight: torch.Tensor):
         key = id(weight)
         entry = self._entries.get(key)
-        if entry is not None and entry[0] is weight and entry[1] == (weight.data_ptr(), weight._version):
+        if entry is not None and entry[0] is weight and entry[1] == _state(weight):
             return entry[2]
         fp8 = core.quantize_weight(weight)
-        self._entries[key] = (weight, (weight.data_ptr(), weight._version), fp8)
+        self._entries[key] = (weight, _state(weight), fp8)
         self.generation += 1
         return fp8
 
@@ -169,6 +178,8 @@ class AcceleratedBlock(torch.nn.Module):
             if rt.options.fp8_matmul and not fp8:
                 rt.stats.fallback("fp8 needs compute capability 9.0 (Hopper) or newer")
             weights = self._weights(fetch, fp8)
+            if fp8 and not isinstance(weights.qkv, core.Fp8Weight):
+                rt.stats.fallback("fp8 needs resident weights (no DynamicVRAM streaming or on-the-fly patches)")
             backend = rt.backend(x, self.shape)
             key = (tuple(x.shape), str(x.dtype), self.shape.modulation, backend, isinstance(weights.qkv, core.Fp8Weight))
             with rt.timer.first_call(key):
