@@ -224,8 +224,9 @@ def attention_override(backend: str, runtime: Runtime):
 _PARAM_SLOTS: dict = {}
 
 
-def weights_signature(model: torch.nn.Module) -> tuple:
-    """Addresses of every parameter: a captured graph is only valid while these do not move.
+def weights_signature(model: torch.nn.Module, device: torch.device | None = None) -> tuple | None:
+    """Addresses of every parameter (a captured graph is only valid while these do not move), or None
+    when some weight is not resident on ``device`` (partial loading, DynamicVRAM streaming).
 
     The (module, name) slots are listed once per model; reading ~600 addresses costs ~0.1 ms.
     """
@@ -234,9 +235,13 @@ def weights_signature(model: torch.nn.Module) -> tuple:
     if slots is None or slots[0]() is not model:
         import weakref
 
-        slots = (weakref.ref(model), [(m, n) for m in model.modules() for n, _ in m.named_parameters(recurse=False)])
+        slots = (weakref.ref(model), [(m, n) for m in model.modules() for n, _ in m.named_parameters(recurse=False)],
+                 [m for m in model.modules()])
         _PARAM_SLOTS[key] = slots
-    return tuple(getattr(m, n).data_ptr() for m, n in slots[1])
+    params = [getattr(m, n) for m, n in slots[1]]
+    if device is not None and (any(p.device != device for p in params) or any(hasattr(m, "_v") for m in slots[2])):
+        return None
+    return tuple(p.data_ptr() for p in params)
 
 
 def graph_wrapper(runtime: Runtime):
@@ -261,10 +266,14 @@ def graph_wrapper(runtime: Runtime):
         names = list(extra_tensors)
         tensors = [x, timesteps, context] + ([attention_mask] if attention_mask is not None else []) + \
             [extra_tensors[n] for n in names]
+        signature = weights_signature(executor.class_obj, x.device)
+        if signature is None:
+            runtime.stats.fallback("CUDA graphs need every weight resident on the GPU")
+            return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
         plain = {k: v for k, v in kwargs.items() if k not in extra_tensors and k != "transformer_options"}
         key = (tuple((tuple(t.shape), str(t.dtype)) for t in tensors), num_tokens, attention_mask is not None,
                tuple(names), repr(sorted(plain.items(), key=lambda kv: kv[0])), repr(options.get("rope_options")),
-               weights_signature(executor.class_obj), runtime.fp8.generation)
+               signature, runtime.fp8.generation)
 
         def run(*ts):
             x_, t_, c_ = ts[:3]
@@ -413,7 +422,7 @@ class GraphedTextModel(torch.nn.Module):
             return False
         if torch.cuda.is_current_stream_capturing():
             return False
-        return not any(hasattr(m, "_v") for m in self.modules())
+        return weights_signature(self, embeds.device) is not None
 
     def forward(self, x, attention_mask=None, embeds=None, num_tokens=None, intermediate_output=None,
                 final_layer_norm_intermediate=True, dtype=None, position_ids=None, embeds_info=[], past_key_values=None):
@@ -426,7 +435,7 @@ class GraphedTextModel(torch.nn.Module):
         length = embeds.shape[1]
         padded, mask = core.pad_tokens(embeds, attention_mask, 32)
         key = (tuple(padded.shape), str(padded.dtype), mask is None, intermediate_output,
-               final_layer_norm_intermediate, str(dtype), weights_signature(self))
+               final_layer_norm_intermediate, str(dtype), weights_signature(self, embeds.device))
 
         def run(e, m):
             return original(None, m, embeds=e, num_tokens=num_tokens, intermediate_output=intermediate_output,
