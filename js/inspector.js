@@ -50,6 +50,7 @@ function widgetOf(node, name) {
 function requestOf(node, fields) {
   const main = fields.prompt ?? fields.text;
   if (isLinked(node, main)) return { skip: `'${main}' comes from a link: inspect the node that writes it.` };
+  if (!widgetOf(node, main)) return { skip: `'${main}' has no text box on this node: nothing to inspect.` };
   const request = { raw: fields.prompt ? false : "auto" };
   for (const [field, name] of Object.entries(fields)) {
     const key = field === "text" ? "prompt" : field;

@@ -48,7 +48,8 @@ class TinyQwen3Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_name, type="lumina2", device="default") -> io.NodeOutput:
-        return io.NodeOutput(tiny_models.load_qwen3(folder_paths.get_full_path_or_raise("text_encoders", clip_name)))
+        return io.NodeOutput(tiny_models.load_qwen3(folder_paths.get_full_path_or_raise("text_encoders", clip_name),
+                                                    embedding_directory=folder_paths.get_folder_paths("embeddings")))
 
 
 def _inspect(role: str) -> dict:
