@@ -188,6 +188,8 @@ function attachInspector(node, fields) {
 
 app.registerExtension({
   name: "ZImageLab.PromptInspector",
+  inspectedNodes: INSPECTED_NODES,
+  inspectedFields,
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const fields = inspectedFields(nodeData);
     if (!fields) return;

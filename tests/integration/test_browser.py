@@ -18,6 +18,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".gguf")
 OUR_MODULE = "custom_nodes." + harness.PACK_FOLDER
+# Workflows that open in the browser but cannot be queued with the tiny test models, with the reason
+# (they still get every open-time check and a screenshot). Keep this empty where possible.
+NOT_RUNNABLE_WITH_TINY_MODELS: dict[str, str] = {}
 CLEAN = {"unregistered_types": [], "missing_nodes": None, "missing_models": [], "error_count": 0,
          "error_overlay": False, "dialogs": [], "pending_warnings": None, "error_toasts": []}
 
@@ -70,6 +73,8 @@ def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_
     page.screenshot(f"{path.stem}.opened")
     assert page.errors() == []
 
+    if path.stem in NOT_RUNNABLE_WITH_TINY_MODELS:
+        pytest.skip(f"opened cleanly; not queued: {NOT_RUNNABLE_WITH_TINY_MODELS[path.stem]}")
     page.mark("run")
     page.set_setting("Comfy.Execution.PreviewMethod", "latent2rgb")
     page.use_tiny_models()
@@ -88,9 +93,9 @@ def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_
         assert events["previews"].get(node_id) == steps, events["previews"]  # one step preview per step
         assert report and f"{steps} steps" in report
     shown = page.evaluate(f"""app.graph.nodes.filter((n) => n.constructor.nodeData?.python_module === '{OUR_MODULE}'
-                                && (n.constructor.nodeData.output ?? []).includes('IMAGE'))
+                                && n.constructor.nodeData.output_node && (n.constructor.nodeData.output ?? []).includes('IMAGE'))
                               .map((n) => [n.type, n.imgs?.length ?? 0])""")
-    assert all(count > 0 for _, count in shown), f"our IMAGE nodes must preview their pictures on the node: {shown}"
+    assert all(count > 0 for _, count in shown), f"our output nodes with an IMAGE must show it on the node: {shown}"
     page.fit_view()
     page.screenshot(path.stem)
     assert page.errors() == []

@@ -174,3 +174,33 @@ def test_typing_in_a_node_updates_the_inspector(lab, comfy_page):
     assert warned["count"] > 512 and warned["colour"] != typed["colour"]
     page.screenshot("inspector-over-512")
     assert page.errors() == []
+
+
+@pytest.mark.browser
+def test_every_node_type_with_the_inspector_counts_like_the_encoder(lab, comfy_page):
+    """Covers whatever carries the inspector: the test probe (tagged inputs) and, once merged, the
+    formatter and encoder nodes listed in js/inspector.js."""
+    page = comfy_page
+    object_info = lab.client.object_info()
+    listed = page.evaluate("app.extensions.find((e) => e.name === 'ZImageLab.PromptInspector').inspectedNodes")
+    fields_of = page.evaluate("""(info) => {
+      const inspector = app.extensions.find((e) => e.name === 'ZImageLab.PromptInspector');
+      return Object.fromEntries(Object.entries(info).map(([name, spec]) => [name, inspector.inspectedFields(spec)])
+                                .filter(([, fields]) => fields));
+    }""", {name: {"name": name, "input": spec["input"]} for name, spec in object_info.items()})
+    assert "ZImageLabTestPromptProbe" in fields_of
+    assert set(listed) & set(object_info) <= set(fields_of)
+    prompt = "a \\(tiny\\) lighthouse on a cliff"
+    for node_type, fields in sorted(fields_of.items()):
+        main = fields.get("prompt") or fields["text"]
+        node_id = page.evaluate("""([type, main, prompt]) => {
+          const n = LiteGraph.createNode(type); n.pos = [100, 100]; app.graph.add(n);
+          const w = n.widgets.find((w) => w.name === main); w.value = prompt; w.callback?.(prompt);
+          return n.id;
+        }""", [node_type, main, prompt])
+        _wait_for(page, node_id, f"e.querySelector('pre').innerText.includes({json.dumps(prompt)})")
+        shown = _inspector(page, node_id)
+        expected = inspect(lab, {"prompt": prompt, "raw": False if "prompt" in fields else "auto"})[1]
+        (encoded, _), = encoder_lengths(lab, [prompt], raw=False)
+        assert shown["count"] == expected["count"] == encoded, node_type
+    assert page.errors() == []
