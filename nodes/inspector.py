@@ -69,7 +69,10 @@ def on_load():
     """Register the route on ComfyUI's server (served at /zimage_lab/inspect and /api/zimage_lab/inspect)."""
     from server import PromptServer
 
-    PromptServer.instance.routes.post(ROUTE)(handle_inspect)
+    server = getattr(PromptServer, "instance", None)
+    if server is None:  # loaded without a web server (scripts, node scanners): nothing to serve
+        return
+    server.routes.post(ROUTE)(handle_inspect)
 
 
 NODES = []

@@ -22,9 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+import urllib.request
 from urllib.parse import urlparse
-
-import pytest
 
 import harness
 
@@ -168,6 +167,7 @@ class ComfyPage:
     def open(self, timeout_ms: int = 120_000) -> "ComfyPage":
         """Load the frontend and wait until node definitions and extensions are in."""
         self.phase = "startup"
+        self.skip_onboarding()
         self.page.goto(self.url + "/")
         self.page.wait_for_function("window.app && app.vueAppReady && app.graph && "
                                     "window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 100",
@@ -175,6 +175,14 @@ class ComfyPage:
         self.page.wait_for_timeout(500)
         self.close_dialogs()
         return self
+
+    def skip_onboarding(self) -> None:
+        """Tell the server's user settings the tour is done, as for a returning user: otherwise a fresh
+        server pops the template browser up at some point after the first page load."""
+        request = urllib.request.Request(self.url + "/settings/Comfy.TutorialCompleted", data=b"true",
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30):
+            pass
 
     def reload(self) -> "ComfyPage":
         self.page.reload()
@@ -256,7 +264,21 @@ class ComfyPage:
         self.drop_file(path)
         self.page.wait_for_function("(ids) => JSON.stringify(app.graph.nodes.map((n) => String(n.id)).sort()) "
                                     "=== JSON.stringify(ids)", arg=ids, timeout=timeout_ms)
-        self.page.wait_for_timeout(1500)  # the missing-model scan runs after the graph is configured
+        self.settle()  # the missing-model scan runs after the graph is configured
+
+    def settle(self, quiet_ms: int = 1000, timeout_ms: int = 20_000) -> dict:
+        """Wait until what the frontend flags stops changing for quiet_ms; return it."""
+        last, stable_since, waited = None, 0, 0
+        while waited < timeout_ms:
+            state = self.problems()
+            if state == last:
+                if waited - stable_since >= quiet_ms:
+                    return state
+            else:
+                last, stable_since = state, waited
+            self.page.wait_for_timeout(250)
+            waited += 250
+        return last
 
     def use_tiny_models(self, size: int = 64) -> list[str]:
         return self.page.evaluate(TINY_SWAP_JS, [harness.TINY_LOADERS, harness.TINY_FILES, size])
@@ -270,11 +292,12 @@ class ComfyPage:
         self.page.get_by_test_id("queue-button").click()
         self.page.wait_for_function(
             f"""() => window.__zlab.done || window.__zlab.error || window.__zlab.interrupted ||
-                  {STORES}.get('executionError').lastPromptError || {STORES}.get('executionError').lastNodeErrors""",
+                  {STORES}.get('executionError').lastPromptError ||
+                  Object.keys({STORES}.get('executionError').lastNodeErrors ?? {{}}).length > 0""",
             timeout=timeout_s * 1000, polling=250)
         events = self.page.evaluate("JSON.parse(JSON.stringify(window.__zlab))")
         events["prompt_error"] = self.store("executionError", "JSON.parse(JSON.stringify(s.lastPromptError))")
-        events["node_errors"] = self.store("executionError", "JSON.parse(JSON.stringify(s.lastNodeErrors))")
+        events["node_errors"] = self.store("executionError", "JSON.parse(JSON.stringify(s.lastNodeErrors ?? {}))")
         return events
 
     def fit_view(self) -> None:
@@ -342,30 +365,6 @@ def provide_input_images(base: Path, workflow: dict, size: int = 64) -> list[Pat
                 Image.fromarray(np.stack([np.add.outer(ramp, ramp) // 2] * 3, axis=-1).astype(np.uint8)).save(path)
                 made.append(path)
     return made
-
-
-# --- pytest fixtures (import them into a test module: from browser import chromium, comfy_page) ---
-@pytest.fixture(scope="session")
-def chromium():
-    """Headless Chromium for the session; the test is skipped, saying why, where it cannot run."""
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    browser = Chromium()
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture
-def comfy_page(lab, chromium):
-    """A fresh ComfyUI tab (empty profile) on the session's test server, ready to use."""
-    page = chromium.page(lab.url).open()
-    try:
-        yield page
-    finally:
-        page.close()
 
 
 # --- thumbnails command ------------------------------------------------------------------

@@ -131,3 +131,28 @@ def node_schema():
 @pytest.fixture(scope="session")
 def python():
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium (tests/browser.py) for the session; skipped, saying why, where it cannot run."""
+    import browser
+
+    reason = browser.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    instance = browser.Chromium()
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+@pytest.fixture
+def comfy_page(lab, chromium):
+    """A fresh ComfyUI tab (empty browser profile) on the session's test server, ready to use."""
+    page = chromium.page(lab.url).open()
+    try:
+        yield page
+    finally:
+        page.close()

@@ -6,13 +6,10 @@ lists and opens our workflows; the node-help panel shows our pages."""
 import json
 import types
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import browser
 import harness
-from browser import chromium, comfy_page  # noqa: F401  (pytest fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -12,7 +12,6 @@ import urllib.request
 import pytest
 
 import harness
-from browser import chromium, comfy_page  # noqa: F401  (pytest fixtures)
 from core import formatter
 
 pytestmark = pytest.mark.integration
