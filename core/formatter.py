@@ -55,3 +55,66 @@ def content_char_span(prompt, system_prompt="", think_mode="none", thinking="", 
     """[start, end) character offsets of the user's prompt inside the formatted text."""
     before, text, _ = format_parts(prompt, system_prompt, think_mode, thinking, assistant_prefill, history)
     return len(before), len(before) + len(text)
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A conversation so far (system prompt and finished turns) that a later prompt continues."""
+
+    system_prompt: str = ""
+    turns: tuple[Turn, ...] = ()
+
+    def then(self, user: str, assistant: str, system_prompt: str | None = None) -> "Chat":
+        """This conversation with one more finished turn (and this system prompt, when given)."""
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return Chat(system, (*self.turns, Turn(user, assistant)))
+
+
+FORMATTED_PREFIX = "<|im_start|>"
+
+
+def is_formatted(text: str) -> bool:
+    """True when text is already a chat-formatted prompt (it begins, after whitespace, with <|im_start|>)."""
+    return text.lstrip().startswith(FORMATTED_PREFIX)
+
+
+def encoder_text(text: str) -> tuple[str, str]:
+    """(the exact text the encoder reads, "default" or "formatted"): plain prompts get ComfyUI's template once.
+
+    Already formatted text is used as it is, less any whitespace before its first <|im_start|>, so a
+    prompt from the formatter node is never templated twice.
+    """
+    if is_formatted(text):
+        return text.lstrip(), "formatted"
+    return format_prompt(text), "default"
+
+
+def prompt_char_span(text: str) -> tuple[int, int] | None:
+    """[start, end) of the last user turn's content in formatted text, or None when it has no user turn."""
+    header = "<|im_start|>user\n"
+    start = text.rfind(header)
+    if start < 0:
+        return None
+    start += len(header)
+    end = text.find("<|im_end|>", start)
+    return start, (len(text) if end < 0 else end)
+
+
+def combine_system_prompts(preset_text: str, system_prompt: str, history_system: str = "") -> str:
+    """The system prompt a formatter writes: its preset, then its own text; the history's when both are empty."""
+    own = "\n".join(part for part in (preset_text.strip("\n"), system_prompt.strip("\n")) if part)
+    return own or history_system
+
+
+def read_presets(folders) -> dict[str, str]:
+    """System-prompt presets: every ``*.txt`` in these folders, named by file stem (later folders win)."""
+    from pathlib import Path
+
+    presets = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.txt")):
+            presets[path.stem] = path.read_text(encoding="utf-8").strip("\n")
+    return dict(sorted(presets.items()))

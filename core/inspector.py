@@ -42,7 +42,8 @@ LIMITS = (
           "longest (padded) caption diffusers' RoPE tables hold; ComfyUI itself has no hard limit"),
 )
 
-TEXT_FIELDS = ("prompt", "system_prompt", "thinking", "assistant_prefill")
+TEXT_FIELDS = ("prompt", "system_prompt", "preset", "thinking", "assistant_prefill")
+NO_PRESET = "none"
 
 Tokenize = Callable[[str], tuple[Sequence[tuple], str]]
 """text -> ([(token id, or None for an embedding vector; readable piece), ...], the text those tokens spell)."""
@@ -54,6 +55,7 @@ class Request:
 
     prompt: str
     system_prompt: str = ""
+    preset: str = NO_PRESET
     think_mode: str = "none"
     thinking: str = ""
     assistant_prefill: str = ""
@@ -68,12 +70,13 @@ class Request:
             raise ValueError("'prompt' is missing: send {\"prompt\": \"...\"} (other fields are optional)")
         values = {}
         for name in TEXT_FIELDS:
-            value = payload.get(name, "")
+            value = payload.get(name)
             if value is None:
                 value = ""
             if not isinstance(value, str):
                 raise ValueError(f"'{name}' must be a string, got {type(value).__name__}")
             values[name] = value
+        values["preset"] = values["preset"] or NO_PRESET
         think_mode = payload.get("think_mode", "none") or "none"
         if think_mode not in formatter.THINK_MODES:
             raise ValueError(f"'think_mode' is {think_mode!r}: choose one of {', '.join(formatter.THINK_MODES)}")
@@ -83,18 +86,32 @@ class Request:
         return cls(think_mode=think_mode, raw=raw, **values)
 
 
-def is_formatted(text: str) -> bool:
-    """Whether text already carries Qwen3 chat markup (then the encoder must not wrap it again)."""
-    return "<|im_start|>" in text
+def formatted_text(request: Request, presets: dict[str, str] | None = None) -> tuple[str, tuple[int, int]]:
+    """The exact text the encoder reads, and the [start, end) characters of the user's own prompt in it.
 
-
-def formatted_text(request: Request) -> tuple[str, tuple[int, int]]:
-    """The exact text the encoder reads, and the [start, end) characters of the user's own prompt in it."""
-    raw = is_formatted(request.prompt) if request.raw == "auto" else request.raw
-    if raw:
+    raw "auto" follows the Qwen3 Encoder node: text that starts with <|im_start|> is used as is,
+    anything else gets ComfyUI's template. A preset's text comes before the typed system prompt, as
+    the Prompt Formatter writes it.
+    """
+    if request.raw is True:
         return request.prompt, (0, len(request.prompt))
-    args = (request.prompt, request.system_prompt, request.think_mode, request.thinking, request.assistant_prefill)
+    if request.raw == "auto":
+        text, template = formatter.encoder_text(request.prompt)
+        if template == "formatted":
+            return text, formatter.prompt_char_span(text) or (0, len(text))
+        return text, formatter.content_char_span(request.prompt)
+    system = formatter.combine_system_prompts(preset_text(request.preset, presets or {}), request.system_prompt)
+    args = (request.prompt, system, request.think_mode, request.thinking, request.assistant_prefill)
     return formatter.format_prompt(*args), formatter.content_char_span(*args)
+
+
+def preset_text(name: str, presets: dict[str, str]) -> str:
+    """The system-prompt text of a preset ("none" has none); a clear error for an unknown name."""
+    if name == NO_PRESET:
+        return ""
+    if name not in presets:
+        raise ValueError(f"'preset' is {name!r}: choose one of {', '.join([NO_PRESET, *presets])}")
+    return presets[name]
 
 
 def padded_length(count: int) -> int:
@@ -111,13 +128,13 @@ def budget(count: int) -> dict:
             "limits": limits, "over_limits": over, "over_budget": count > TRAINED_LENGTH, "level": level}
 
 
-def inspect(request: Request, tokenize: Tokenize) -> dict:
+def inspect(request: Request, tokenize: Tokenize, presets: dict[str, str] | None = None) -> dict:
     """Everything the inspector shows: text, prompt span, tokens (ids and pieces), count and limits.
 
     ``encoder_text`` is what the tokens spell; it differs from ``text`` where ComfyUI's tokenizer front
     end rewrites the prompt (``\\(`` -> ``(``, ``embedding:name`` words), and ``rewritten`` says so.
     """
-    text, span = formatted_text(request)
+    text, span = formatted_text(request, presets)
     tokens, encoder_text = tokenize(text)
     tokens = list(tokens)
     return {"text": text, "prompt_span": list(span), "encoder_text": encoder_text, "rewritten": encoder_text != text,

@@ -10,15 +10,17 @@ const WIDGET = "zimage_lab_inspector";
 const ROUTE = "/zimage_lab/inspect";
 const DEBOUNCE_MS = 250;
 
-// Request fields: "prompt" (gets the chat template), "text" (used as is when it already holds chat
-// markup, else templated like CLIPTextEncode), and the formatter's chat settings.
-const FIELDS = ["prompt", "text", "system_prompt", "think_mode", "thinking", "assistant_prefill"];
+// Request fields: "prompt" (gets the chat template), "text" (used as is when it starts with chat
+// markup, else templated like CLIPTextEncode, as the Qwen3 Encoder does), and the formatter's chat
+// settings (a preset's system prompt comes before the typed one). Earlier turns from a `history`
+// link are not known to the inspector.
+const FIELDS = ["prompt", "text", "system_prompt", "preset", "think_mode", "thinking", "assistant_prefill"];
 
 // Nodes of the pack that carry the inspector: request field -> input name. Any node can also opt
 // in by giving inputs the option {"zimage_lab_inspect": "<field>"}; tagged inputs win over this list.
 export const INSPECTED_NODES = {
   ZImageLabPromptFormatter: {
-    prompt: "prompt", system_prompt: "system_prompt", think_mode: "think_mode",
+    prompt: "prompt", system_prompt: "system_prompt", preset: "preset", think_mode: "think_mode",
     thinking: "thinking", assistant_prefill: "assistant_prefill",
   },
   ZImageLabQwen3Encode: { text: "text" },

@@ -14,6 +14,7 @@ import json
 import logging
 
 from ..core import inspector as core
+from . import formatter
 
 ROUTE = "/zimage_lab/inspect"
 
@@ -48,17 +49,19 @@ def tokenize(text: str) -> tuple[list[tuple], str]:
 
 
 async def handle_inspect(request):
-    """POST {prompt, system_prompt, think_mode, thinking, assistant_prefill, raw} -> inspection JSON."""
+    """POST {prompt, system_prompt, preset, think_mode, thinking, assistant_prefill, raw} -> inspection JSON."""
     from aiohttp import web
 
     try:
         query = core.Request.from_json(await request.json())
+        presets = formatter.presets()
+        core.preset_text(query.preset, presets)
     except json.JSONDecodeError:
         return web.json_response({"error": "the request body is not JSON"}, status=400)
     except ValueError as e:
         return web.json_response({"error": str(e)}, status=400)
     try:
-        result = await asyncio.to_thread(core.inspect, query, tokenize)
+        result = await asyncio.to_thread(core.inspect, query, tokenize, presets)
     except Exception as e:  # a tokenizer failure must not take the route down with a bare 500
         logging.exception("Z-Image Lab prompt inspector failed")
         return web.json_response({"error": f"tokenizing failed: {e}"}, status=500)

@@ -129,8 +129,8 @@ class Chromium:
         self.browser = self._playwright.chromium.launch(executable_path=chromium_path(), headless=True,
                                                         args=CHROMIUM_ARGS)
 
-    def page(self, url: str) -> "ComfyPage":
-        context = self.browser.new_context(viewport=VIEWPORT)
+    def page(self, url: str, viewport: dict = VIEWPORT) -> "ComfyPage":
+        context = self.browser.new_context(viewport=viewport)
         return ComfyPage(context, url)
 
     def close(self) -> None:
@@ -327,8 +327,9 @@ class ComfyPage:
         }""")
         clip = {"x": max(0, box["x"] - margin), "y": max(0, box["y"] - margin),
                 "width": box["width"] + 2 * margin, "height": box["height"] + 2 * margin}
-        clip["width"] = min(clip["width"], VIEWPORT["width"] - clip["x"])
-        clip["height"] = min(clip["height"], VIEWPORT["height"] - clip["y"])
+        size = self.page.viewport_size
+        clip["width"] = min(clip["width"], size["width"] - clip["x"])
+        clip["height"] = min(clip["height"], size["height"] - clip["y"])
         self.page.screenshot(path=str(path), clip=clip)
         return path
 
@@ -383,7 +384,8 @@ def make_thumbnails(size: int = 512) -> int:
         base = harness.make_base(comfyui, workdir / "base")
         with harness.ComfyServer(comfyui, base) as server:
             for path in ui_workflows():
-                page = browser.page(server.url).open()
+                page = browser.page(server.url, viewport={"width": 2400, "height": 1500}).open()
+                page.set_setting("LiteGraph.Canvas.MinFontSizeForLOD", 0)  # draw text at any zoom
                 page.drop_workflow(path)
                 if create_placeholder_models(base, page.problems()["missing_models"]):
                     page.reload()

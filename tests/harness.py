@@ -92,8 +92,11 @@ class ComfyServer:
                "--base-directory", str(self.base), "--disable-auto-launch",
                "--database-url", "sqlite:///:memory:", *self.extra_args]
         self._log = open(self.log_path, "w")
+        # One intra-op thread: the tiny models gain nothing from more, and on a small shared machine
+        # oversubscribed threads made a tiny forward 10-40x slower. Results do not depend on it.
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("ZLAB_SERVER_THREADS", "1")}
         self.process = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         client = ComfyClient(self.url, timeout=5)
         while time.monotonic() < deadline:

@@ -216,6 +216,8 @@ def set_prompt(api: dict, text: str) -> dict:
     ids = find_nodes(api, PROMPT_TITLE)
     if not ids:
         ids = [k for k, n in api.items() if isinstance(n["inputs"].get("text"), str)]
+    if not ids:  # e.g. a Prompt Formatter feeding the encoder's text input
+        ids = [k for k, n in api.items() if isinstance(n["inputs"].get("prompt"), str)]
     if len(ids) != 1:
         raise WorkflowError(f"cannot tell which node holds the prompt ({len(ids)} candidates): "
                             f"title it {PROMPT_TITLE!r} or use --set 'Title.text=...'")

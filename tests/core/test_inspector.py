@@ -27,11 +27,22 @@ def test_chat_settings_reach_the_text():
     assert text[start:end] == "a fox"
 
 
-def test_raw_text_is_used_as_is_and_auto_detects_chat_markup():
+def test_raw_text_is_used_as_is_and_auto_follows_the_encoder_node():
     formatted = COMFY_TEMPLATE.format("a cat")
     assert inspector.formatted_text(inspector.Request("a cat", raw=True)) == ("a cat", (0, 5))
-    assert inspector.formatted_text(inspector.Request(formatted, raw="auto"))[0] == formatted
-    assert inspector.formatted_text(inspector.Request("a cat", raw="auto"))[0] == formatted
+    text, (start, end) = inspector.formatted_text(inspector.Request("\n " + formatted, raw="auto"))
+    assert text == formatted and text[start:end] == "a cat"  # leading whitespace dropped, as the encoder does
+    text, (start, end) = inspector.formatted_text(inspector.Request("a cat", raw="auto"))
+    assert text == formatted and text[start:end] == "a cat"
+
+
+def test_a_preset_comes_before_the_typed_system_prompt():
+    presets = {"painterly": "You paint in oils."}
+    text, _ = inspector.formatted_text(inspector.Request("a fox", system_prompt="Warm light.", preset="painterly"), presets)
+    assert text.startswith("<|im_start|>system\nYou paint in oils.\nWarm light.<|im_end|>\n<|im_start|>user\na fox")
+    assert inspector.formatted_text(inspector.Request("a fox", preset="none"), presets)[0] == COMFY_TEMPLATE.format("a fox")
+    with pytest.raises(ValueError, match="'preset' is 'missing': choose one of none, painterly"):
+        inspector.formatted_text(inspector.Request("a fox", preset="missing"), presets)
 
 
 def test_padding_to_32():
@@ -68,6 +79,7 @@ def test_inspect_counts_what_the_tokenizer_returns():
     ({}, "'prompt' is missing"),
     ({"prompt": 3}, "'prompt' must be a string"),
     ({"prompt": "a", "system_prompt": ["x"]}, "'system_prompt' must be a string"),
+    ({"prompt": "a", "preset": 2}, "'preset' must be a string"),
     ({"prompt": "a", "think_mode": "deep"}, "'think_mode' is 'deep'"),
     ({"prompt": "a", "raw": 1}, "'raw' is 1"),
     ({"prompt": "a", "raw": "yes"}, "'raw' is 'yes'"),
@@ -78,5 +90,6 @@ def test_bad_requests_name_the_field(payload, words):
 
 
 def test_request_defaults_and_nulls():
-    request = inspector.Request.from_json({"prompt": "a", "system_prompt": None, "think_mode": "", "raw": "auto"})
+    request = inspector.Request.from_json({"prompt": "a", "system_prompt": None, "think_mode": "", "raw": "auto",
+                                           "preset": ""})
     assert request == inspector.Request("a", raw="auto")

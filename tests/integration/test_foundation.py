@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_pack_loads_without_errors_or_warnings(lab):
-    log = lab.server.log()
+    # the start-up part only: tests that run earlier on this shared server log their expected node errors
+    log = lab.server.log().split("Starting server")[0]
     assert "Import times for custom nodes" in log
     pack_lines = [l for l in log.splitlines() if harness.PACK_FOLDER in l or "zimage_lab" in l.lower()]
     assert pack_lines and all("IMPORT FAILED" not in l for l in pack_lines), pack_lines

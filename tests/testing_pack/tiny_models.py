@@ -32,6 +32,17 @@ DIT_FILE = "tiny_zimage.safetensors"
 QWEN3_FILE = "tiny_qwen3.safetensors"
 VAE_FILE = "tiny_flux_taesd.safetensors"
 
+# Hugging Face form of the tiny Qwen3 (same weights as QWEN3_FILE), a narrower "other" Qwen3, a folder
+# that is not a Qwen3, and projectors, for the transformers-path tests (models/text_encoders, models/projectors).
+QWEN3_HF_FOLDER = "tiny_qwen3_hf"
+QWEN3_SMALL_HF_FOLDER = "tiny_qwen3_small_hf"
+NOT_QWEN3_FOLDER = "tiny_not_qwen3"
+QWEN3_SMALL_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
+                      "num_attention_heads": 2, "num_key_value_heads": 1}
+PROJECTOR_FILE = "tiny_small_to_tiny.safetensors"        # 64 -> 128 random linear
+WRONG_PROJECTOR_FILE = "tiny_wrong_width.safetensors"    # 32 -> 128: fits neither tiny Qwen3
+FITTED_PROJECTOR_FILE = "tiny_fitted.safetensors"        # placeholder the fit-projector test overwrites
+
 
 def randomize_(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
     """Fill every parameter with seeded values: norms near 1, everything else N(0, std)."""
@@ -86,16 +97,80 @@ def build_qwen3(qwen3_config: dict = QWEN3_CONFIG, seed: int = 1) -> dict:
 
 
 def build_taesd(seed: int = 2) -> dict:
-    """State dict of a random 16-channel TAESD, which the stock VAELoader accepts as a VAE."""
+    """State dict of a random 16-channel TAESD, which the stock VAELoader accepts as a VAE.
+
+    Fan-in scaled weights (gain 0.8) and a mid-grey output bias keep decoded images varied
+    rather than saturated, so image metrics and pixel comparisons see real structure.
+    """
     import comfy.taesd.taesd
 
     model = comfy.taesd.taesd.TAESD(latent_channels=16)
-    randomize_(model, seed, std=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.8 / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+        model.vae_scale.fill_(1.0)
+        model.vae_shift.fill_(0.0)
+        model.taesd_decoder[-1].bias.fill_(0.5)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
+def hf_config(qwen3_config: dict) -> dict:
+    """config.json of a Hugging Face Qwen3 with ComfyUI's Qwen3-4B constants and these sizes."""
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "head_dim": 128,
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960, "hidden_act": "silu",
+            "attention_bias": False, "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151645,
+            "torch_dtype": "float32", **qwen3_config}
+
+
+def write_hf_folder(folder: str, qwen3_config: dict, state_dict: dict) -> str:
+    """A Hugging Face Qwen3 folder: config.json, model.safetensors, ComfyUI's Qwen tokenizer files."""
+    import shutil
+
+    import comfy.text_encoders.z_image
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(hf_config(qwen3_config), f, indent=1)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+    tokenizer = os.path.join(os.path.dirname(comfy.text_encoders.z_image.__file__), "qwen25_tokenizer")
+    for name in os.listdir(tokenizer):
+        shutil.copy(os.path.join(tokenizer, name), os.path.join(folder, name))
+    return folder
+
+
+def random_linear(in_features: int, out_features: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {"linear.weight": torch.randn(out_features, in_features, generator=gen) / in_features ** 0.5,
+            "linear.bias": 0.01 * torch.randn(out_features, generator=gen)}
+
+
+def write_hf_fixtures(models_dir: str, qwen3_state_dict: dict) -> dict:
+    """The transformers-path fixtures (see the *_FOLDER / *_FILE names above) under models_dir."""
+    text_encoders = os.path.join(models_dir, "text_encoders")
+    projectors = os.path.join(models_dir, "projectors")
+    os.makedirs(projectors, exist_ok=True)
+    paths = {"qwen3_hf": write_hf_folder(os.path.join(text_encoders, QWEN3_HF_FOLDER), QWEN3_CONFIG, qwen3_state_dict),
+             "qwen3_small_hf": write_hf_folder(os.path.join(text_encoders, QWEN3_SMALL_HF_FOLDER), QWEN3_SMALL_CONFIG,
+                                               build_qwen3(QWEN3_SMALL_CONFIG, seed=3))}
+    not_qwen3 = os.path.join(text_encoders, NOT_QWEN3_FOLDER)
+    os.makedirs(not_qwen3, exist_ok=True)
+    with open(os.path.join(not_qwen3, "config.json"), "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64}, f)
+    paths["not_qwen3"] = not_qwen3
+    width, small = QWEN3_CONFIG["hidden_size"], QWEN3_SMALL_CONFIG["hidden_size"]
+    for name, in_features, seed in ((PROJECTOR_FILE, small, 4), (WRONG_PROJECTOR_FILE, 32, 5), (FITTED_PROJECTOR_FILE, small, 6)):
+        paths[name] = os.path.join(projectors, name)
+        save_file(random_linear(in_features, width, seed), paths[name])
+    return paths
+
+
 def write_all(models_dir: str) -> dict:
-    """Write the three files into ComfyUI's model folders under models_dir; return their paths."""
+    """Write the tiny models (and their transformers-path fixtures) under models_dir; return their paths."""
     paths = {
         "dit": os.path.join(models_dir, "diffusion_models", DIT_FILE),
         "qwen3": os.path.join(models_dir, "text_encoders", QWEN3_FILE),
@@ -104,8 +179,10 @@ def write_all(models_dir: str) -> dict:
     for p in paths.values():
         os.makedirs(os.path.dirname(p), exist_ok=True)
     save_file(build_dit(), paths["dit"], metadata={"zimage_lab_unet_config": json.dumps(UNET_CONFIG)})
-    save_file(build_qwen3(), paths["qwen3"], metadata={"zimage_lab_qwen3_config": json.dumps(QWEN3_CONFIG)})
+    qwen3 = build_qwen3()
+    save_file(qwen3, paths["qwen3"], metadata={"zimage_lab_qwen3_config": json.dumps(QWEN3_CONFIG)})
     save_file(build_taesd(), paths["vae"])
+    paths.update(write_hf_fixtures(models_dir, qwen3))
     return paths
 
 
