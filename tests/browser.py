@@ -174,6 +174,7 @@ class ComfyPage:
                                     timeout=timeout_ms)
         self.page.wait_for_timeout(500)
         self.close_dialogs()
+        self.set_setting("LiteGraph.Canvas.MinFontSizeForLOD", 0)  # screenshots show text at any zoom
         return self
 
     def skip_onboarding(self) -> None:
@@ -385,7 +386,6 @@ def make_thumbnails(size: int = 512) -> int:
         with harness.ComfyServer(comfyui, base) as server:
             for path in ui_workflows():
                 page = browser.page(server.url, viewport={"width": 2400, "height": 1500}).open()
-                page.set_setting("LiteGraph.Canvas.MinFontSizeForLOD", 0)  # draw text at any zoom
                 page.drop_workflow(path)
                 if create_placeholder_models(base, page.problems()["missing_models"]):
                     page.reload()

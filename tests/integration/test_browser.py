@@ -82,7 +82,7 @@ def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_
     for node in workflow["nodes"]:
         if node["type"] == "SaveImage":
             images = lab.images(result, str(node["id"]))
-            assert images and all(im.shape == (64, 64, 3) and im.std() > 0 for im in images)
+            assert images and all(im.ndim == 3 and im.shape[2] in (3, 4) and im.std() > 0 for im in images), node
     samplers = page.evaluate("app.graph.nodes.filter((n) => n.type === 'ZImageLabSampler').map((n) => "
                              "[String(n.id), n.widgets.find((w) => w.name === 'steps').value, "
                              "n.widgets.find((w) => w.name === 'zimage_lab_report')?.value ?? null])")

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-import harness
+import prompt_graphs as graphs
 from core import formatter
 
 pytestmark = pytest.mark.integration
@@ -42,15 +42,19 @@ def inspect(lab, payload):
 
 
 def encoder_lengths(lab, texts, raw):
-    """Caption length of each text through the tiny Qwen3 encoder: CLIPTextEncode (template added) or
-    the test-only raw encoder (text as is, as a formatter -> encoder chain passes it)."""
-    api = {"clip": {"class_type": "ZImageLabTestTinyCLIPLoader", "inputs": {"clip_name": harness.TINY_FILES["clip_name"]}}}
+    """(tokens, attended tokens) of each text's conditioning from the tiny Qwen3: CLIPTextEncode
+    (template added) or the test-only raw encoder (ComfyUI's CLIP with template '{}', text as is)."""
+    nodes = {"clip": graphs.CLIP}
     for i, text in enumerate(texts):
         encode = "ZImageLabTestRawEncode" if raw else "CLIPTextEncode"
-        api[f"enc{i}"] = {"class_type": encode, "inputs": {"text": text, "clip": ["clip", 0]}}
-        api[f"probe{i}"] = {"class_type": "ZImageLabTestConditioningProbe", "inputs": {"conditioning": [f"enc{i}", 0]}}
-    outputs = lab.run(api).outputs
-    return [(outputs[f"probe{i}"]["tokens"][0], outputs[f"probe{i}"]["attention"][0]) for i in range(len(texts))]
+        nodes[f"enc{i}"] = {"class_type": encode, "inputs": {"text": text, "clip": ["clip", 0]}}
+        nodes[f"probe_enc{i}"] = graphs.probe(f"enc{i}", f"inspector_{i}")
+    result = lab.run(nodes)
+    lengths = []
+    for i in range(len(texts)):
+        tokens, mask, _ = graphs.read_probe(lab, result, f"enc{i}")
+        lengths.append((tokens.shape[1], int(mask.sum()) if mask is not None else tokens.shape[1]))
+    return lengths
 
 
 def test_count_equals_the_caption_length_clip_text_encode_produces(lab):
@@ -99,6 +103,22 @@ def test_ids_equal_comfyuis_zimage_tokenizer(lab, comfyui_path):
     expected = json.loads(proc.stdout.strip().splitlines()[-1])
     for prompt, ids in zip(PROMPTS, expected):
         assert inspect(lab, {"prompt": prompt})[1]["ids"] == ids, prompt[:40]
+
+
+def test_count_equals_the_formatter_and_encoder_nodes_with_a_preset(lab, repo):
+    preset = sorted(p.stem for p in (repo / "presets" / "system_prompts").glob("*.txt"))[0]
+    settings = {"prompt": "a fox in \\(deep\\) snow", "system_prompt": "Warm light.", "preset": preset,
+                "think_mode": "with content", "thinking": "low sun", "assistant_prefill": "Sure:"}
+    shown = inspect(lab, settings)[1]
+    nodes = {"fmt": graphs.formatter(**settings), "enc": graphs.encoder(["fmt", 0])}
+    result = lab.run(graphs.with_probes(nodes, "inspector_nodes"))
+    assert result.outputs["fmt"]["formatted_text"] == [shown["text"]]
+    assert result.outputs["fmt"]["token_count"] == [shown["count"]]
+    tokens, mask, record = graphs.read_probe(lab, result, "enc")
+    assert tokens.shape[1] == int(mask.sum()) == record["token_count"] == shown["count"]
+    preset_text = (repo / "presets" / "system_prompts" / f"{preset}.txt").read_text().strip("\n")
+    assert shown["text"].startswith(f"<|im_start|>system\n{preset_text}\nWarm light.<|im_end|>")
+    assert inspect(lab, {"prompt": "a", "preset": "no_such_preset"}) [0] == 400
 
 
 @pytest.mark.parametrize("payload, status, words", [
