@@ -28,22 +28,16 @@ def presets() -> dict[str, str]:
     return core.read_presets(preset_folders())
 
 
-_tokenizer = None
-
-
 def count_tokens(text: str) -> int:
     """Tokens the Qwen3 encoder reads for this formatted text, through ComfyUI's own tokenizer front end.
 
     That front end un-escapes \\( \\) and looks up ``embedding:name`` files (as CLIPLoader sets it up),
-    so this counts what the encoder will actually see, not the raw Qwen tokenizer's count.
+    so this counts what the encoder will actually see, not the raw Qwen tokenizer's count. The
+    tokenizer is the one the live prompt inspector uses (nodes/inspector.py), loaded once.
     """
-    global _tokenizer
-    if _tokenizer is None:
-        import comfy.text_encoders.z_image
+    from .inspector import z_image_tokenizer
 
-        _tokenizer = comfy.text_encoders.z_image.ZImageTokenizer(
-            embedding_directory=folder_paths.get_folder_paths("embeddings"))
-    tokens = _tokenizer.tokenize_with_weights(text, llama_template="{}")
+    tokens = z_image_tokenizer().tokenize_with_weights(text, llama_template="{}")
     return sum(len(batch) for batch in tokens["qwen3_4b"])
 
 

@@ -12,6 +12,11 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+# The browser tests drive Debian's chromium through Playwright; install it when missing and we can (root + apt).
+if [ ! -x /usr/bin/chromium ] && [ -z "${ZLAB_CHROMIUM:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "note: could not install chromium: the browser tests will be skipped" >&2
+fi
 # Torch as ComfyUI 0.18.1's tests use it (the registry's build; its CPU fallback works without a GPU).
 "${pip[@]}" torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0 2>&1 | grep -v "^WARNING: Location" >&2 || true
 if [ -f "$comfy/requirements.txt" ]; then

@@ -18,7 +18,7 @@ import pytest
 import harness
 
 COMFYUI = harness.find_comfyui()
-_counts = {"integration_collected": 0}
+_counts = {"integration_collected": 0, "browser_collected": 0, "browser_missing": None}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,6 +28,15 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no ComfyUI found at $COMFYUI_PATH or ~/comfy/ComfyUI")
         for item in integration:
             item.add_marker(skip)
+    in_browser = [item for item in items if item.get_closest_marker("browser")]
+    _counts["browser_collected"] = len(in_browser)
+    if in_browser:
+        import browser
+
+        _counts["browser_missing"] = browser.missing_reason()
+        if _counts["browser_missing"]:
+            for item in in_browser:
+                item.add_marker(pytest.mark.skip(reason=_counts["browser_missing"]))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -37,6 +46,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"integration: {n} tests SKIPPED because no ComfyUI was found at $COMFYUI_PATH or ~/comfy/ComfyUI "
             "(set COMFYUI_PATH to a ComfyUI 0.18.1 work tree to run them)")
         return
+    if _counts["browser_missing"]:
+        terminalreporter.write_line(f"browser: {_counts['browser_collected']} tests SKIPPED: {_counts['browser_missing']}")
     stats = terminalreporter.stats
     ran = [r for key in ("passed", "failed", "error") for r in stats.get(key, [])
            if getattr(r, "when", "call") == "call" and "integration" in getattr(r, "keywords", {})]
@@ -120,3 +131,28 @@ def node_schema():
 @pytest.fixture(scope="session")
 def python():
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium (tests/browser.py) for the session; skipped, saying why, where it cannot run."""
+    import browser
+
+    reason = browser.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    instance = browser.Chromium()
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+@pytest.fixture
+def comfy_page(lab, chromium):
+    """A fresh ComfyUI tab (empty browser profile) on the session's test server, ready to use."""
+    page = chromium.page(lab.url).open()
+    try:
+        yield page
+    finally:
+        page.close()

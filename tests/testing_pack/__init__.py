@@ -11,6 +11,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 sys.path.insert(0, os.path.dirname(__file__))
+import inspector_probes  # noqa: E402
 import lab_probes  # noqa: E402
 import model_probes  # noqa: E402
 import tiny_models  # noqa: E402
@@ -52,12 +53,14 @@ class TinyQwen3Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_name, type="lumina2", device="default") -> io.NodeOutput:
-        return io.NodeOutput(tiny_models.load_qwen3(folder_paths.get_full_path_or_raise("text_encoders", clip_name)))
+        return io.NodeOutput(tiny_models.load_qwen3(folder_paths.get_full_path_or_raise("text_encoders", clip_name),
+                                                    embedding_directory=folder_paths.get_folder_paths("embeddings")))
 
 
 class TestingExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyZImageLoader, TinyQwen3Loader, ProbeModel, ConditioningProbe, *lab_probes.NODES, *model_probes.NODES]
+        return [TinyZImageLoader, TinyQwen3Loader, ProbeModel, ConditioningProbe, *lab_probes.NODES, *model_probes.NODES,
+                *inspector_probes.NODES]
 
 
 async def comfy_entrypoint():

@@ -68,7 +68,7 @@ def build_dit(unet_config: dict = UNET_CONFIG, seed: int = 0) -> dict:
     return {k: v.contiguous() for k, v in model.diffusion_model.state_dict().items()}
 
 
-def make_clip(qwen3_config: dict, state_dict: dict | None = None, dtype=None):
+def make_clip(qwen3_config: dict, state_dict: dict | None = None, dtype=None, embedding_directory=None):
     """ComfyUI CLIP (Z-Image tokenizer + Qwen3 encoder) at a tiny size, as CLIPLoader lumina2 builds it."""
     import comfy.sd
     import comfy.supported_models_base
@@ -83,7 +83,8 @@ def make_clip(qwen3_config: dict, state_dict: dict | None = None, dtype=None):
     options = {"qwen3_4b_model_config": dict(qwen3_config)}
     if dtype is not None:
         options["dtype"] = dtype
-    return comfy.sd.CLIP(target, state_dict=[state_dict] if state_dict else [], model_options=options,
+    return comfy.sd.CLIP(target, embedding_directory=embedding_directory,
+                         state_dict=[state_dict] if state_dict else [], model_options=options,
                          parameters=comfy.utils.calculate_parameters(state_dict) if state_dict else 0)
 
 
@@ -213,9 +214,11 @@ def load_dit(path: str):
     return patcher
 
 
-def load_qwen3(path: str):
-    """A ComfyUI CLIP for a tiny Qwen3 file, loaded like CLIPLoader loads qwen_3_4b (type lumina2)."""
-    return make_clip(read_metadata(path, "zimage_lab_qwen3_config"), load_file(path))
+def load_qwen3(path: str, embedding_directory=None):
+    """A ComfyUI CLIP for a tiny Qwen3 file, loaded like CLIPLoader loads qwen_3_4b (type lumina2);
+    pass the embeddings folders as CLIPLoader does so `embedding:name` words behave the same."""
+    return make_clip(read_metadata(path, "zimage_lab_qwen3_config"), load_file(path),
+                     embedding_directory=embedding_directory)
 
 
 if __name__ == "__main__":
