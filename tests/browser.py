@@ -340,12 +340,19 @@ class ComfyPage:
                                   f"return n ? ({expression}) : undefined; }})()")
 
 
+OUR_MODEL_FOLDERS = {"lora_name": "loras", "vector_name": "steering_vectors", "projector_name": "projectors"}
+
+
 def create_placeholder_models(base: Path, missing: list[dict]) -> list[Path]:
     """Empty files with the names a workflow's loaders use, so the frontend finds them (never loaded:
     the tests swap in the tiny loaders before queueing)."""
     made = []
     for model in missing:
-        path = base / "models" / model["directory"] / model["name"]
+        # the frontend knows the folder of stock loaders only; ours are named by their widget
+        directory = model.get("directory") or OUR_MODEL_FOLDERS.get(model.get("widgetName"))
+        if directory is None:
+            raise KeyError(f"missing-model entry with no known folder: {model}")
+        path = base / "models" / directory / model["name"]
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
