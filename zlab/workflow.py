@@ -51,10 +51,17 @@ def is_widget(input_spec: list) -> bool:
     return isinstance(kind, list) or kind in PRIMITIVE_TYPES
 
 
-def has_control(input_spec: list) -> bool:
-    """Whether the widget carries a 'control after generate' value after its own."""
+def has_control(name: str, input_spec: list) -> bool:
+    """Whether the widget carries a 'control after generate' value after its own.
+
+    The frontend adds one to INT widgets that ask for it, and by default to INT inputs named
+    seed or noise_seed (``control_after_generate ?? name in [seed, noise_seed]``).
+    """
     options = input_spec[1] if len(input_spec) > 1 and isinstance(input_spec[1], dict) else {}
-    return bool(options.get("control_after_generate"))
+    if input_spec[0] != "INT":
+        return bool(options.get("control_after_generate"))
+    flag = options.get("control_after_generate")
+    return bool(flag) if flag is not None else name in ("seed", "noise_seed")
 
 
 def _spec(object_info: dict, class_type: str) -> dict:
@@ -79,7 +86,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
                 if not values:
                     raise WorkflowError(f"node {node['id']} ({node['type']}) has too few widget values for {name!r}")
                 inputs[name] = values.pop(0)
-                if has_control(input_spec) and values:
+                if has_control(name, input_spec) and values:
                     values.pop(0)
             if name in linked:
                 link = links[linked[name]]
@@ -108,7 +115,7 @@ def api_to_ui(api: dict, object_info: dict, column_width: int = 380, row_height:
             if is_widget(input_spec):
                 default = input_spec[1].get("default") if len(input_spec) > 1 and isinstance(input_spec[1], dict) else None
                 widgets.append(default if connected or value is None else value)
-                if has_control(input_spec):
+                if has_control(name, input_spec):
                     widgets.append("fixed")
             if connected:
                 link_id += 1

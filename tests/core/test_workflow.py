@@ -112,3 +112,10 @@ def test_set_input_by_title_type_and_id():
 def test_unknown_node_type_is_named(node_schema):
     with pytest.raises(wf.WorkflowError, match="NoSuchNode"):
         wf.api_to_ui({"1": {"class_type": "NoSuchNode", "inputs": {}}}, node_schema)
+
+
+def test_seed_inputs_carry_a_control_value_as_the_frontend_adds_one():
+    assert wf.has_control("seed", ["INT", {}]) and wf.has_control("noise_seed", ["INT", {"min": 0}])
+    assert not wf.has_control("seed", ["INT", {"control_after_generate": False}])
+    assert wf.has_control("count", ["INT", {"control_after_generate": True}])
+    assert not wf.has_control("steps", ["INT", {}]) and not wf.has_control("seed", ["STRING", {}])
