@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     "full": {"sizes": [1024, 2048], "batches": [1, 4], "steps": 8, "tokens": 108, "forward_repeats": 10,
-             "sample_repeats": 3, "encode_repeats": 10, "decode_repeats": 5},
+             "sample_repeats": 3, "encode_repeats": 10, "decode_repeats": 5, "idle_s": 3.0},
     "tiny": {"sizes": [64], "batches": [1, 2], "steps": 2, "tokens": 24, "forward_repeats": 2,
-             "sample_repeats": 1, "encode_repeats": 2, "decode_repeats": 1},
+             "sample_repeats": 1, "encode_repeats": 2, "decode_repeats": 1, "idle_s": 0.0},
 }
 
 FULL_UNET = {  # comfy/model_detection.py for a Z-Image checkpoint (cap_embedder.1.weight of shape [3840, 2560])
@@ -85,14 +85,30 @@ def find_comfyui() -> Path:
     return path
 
 
-def setup(cpu: bool):
-    """Import ComfyUI in-process (cli args first) and this pack as the package zimage_lab."""
+def setup(cpu: bool, dynamic_vram: bool = False):
+    """Import ComfyUI in-process (cli args first) and this pack as the package zimage_lab.
+
+    dynamic_vram: turn on ComfyUI's DynamicVRAM weight loading (comfy-aimdo) the way main.py does
+    by default on NVIDIA GPUs; otherwise the legacy ModelPatcher keeps the weights resident.
+    """
     comfy_path = find_comfyui()
     sys.path.insert(0, str(comfy_path))
     sys.path.insert(0, str(REPO / "tests" / "testing_pack"))
     from comfy.cli_args import args
 
     args.cpu = cpu
+    if dynamic_vram:
+        import comfy_aimdo.control
+
+        comfy_aimdo.control.init()
+        import comfy.memory_management
+        import comfy.model_management as mm
+        import comfy.model_patcher
+
+        if not comfy_aimdo.control.init_device(mm.get_torch_device().index):
+            raise SystemExit("--dynamic-vram: comfy-aimdo could not start on this device")
+        comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+        comfy.memory_management.aimdo_enabled = True
     import comfy.utils
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
@@ -123,8 +139,12 @@ def randomize_(module, seed: int, std: float = 0.02) -> None:
             p.copy_(values.to(p.dtype))
 
 
-def build_dit(config: str, device, dtype):
-    """A ModelPatcher around a random Z-Image NextDiT (full size or the tests' tiny one)."""
+def build_dit(config: str, device, dtype, disable_dynamic: bool = False):
+    """A ModelPatcher around a random Z-Image NextDiT (full size or the tests' tiny one), the same weights every call.
+
+    Like UNETLoader's result it can rebuild itself (cached_patcher_init), which ComfyUI uses for
+    clone(disable_dynamic=True): the resident-weights copy of a DynamicVRAM model.
+    """
     import comfy.model_patcher
     import comfy.supported_models
     import tiny_models
@@ -138,7 +158,12 @@ def build_dit(config: str, device, dtype):
     model.requires_grad_(False)  # as after ComfyUI loads a checkpoint
     import comfy.model_management as mm
 
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else comfy.model_patcher.CoreModelPatcher
+    if patcher_class is not comfy.model_patcher.ModelPatcher:
+        model.to(mm.unet_offload_device())  # as UNETLoader leaves it: weights in RAM, loaded on demand
+    patcher = patcher_class(model, load_device=device, offload_device=mm.unet_offload_device())
+    patcher.cached_patcher_init = (build_dit, (config, device, dtype))
+    return patcher
 
 
 def build_clip(config: str, device):
@@ -150,9 +175,12 @@ def build_clip(config: str, device):
         import comfy.supported_models_base
         import comfy.text_encoders.z_image
 
+        import torch
+
+        # CLIPLoader keeps the checkpoint's dtype (llama_detect): Qwen3-4B's released weights are bfloat16
         target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.z_image.ZImageTokenizer,
-                                                        comfy.text_encoders.z_image.te())
-        clip = comfy.sd.CLIP(target, model_options={"initial_device": device})
+                                                        comfy.text_encoders.z_image.te(dtype_llama=torch.bfloat16))
+        clip = comfy.sd.CLIP(target, model_options={"initial_device": device}, disable_dynamic=True)
         randomize_(clip.cond_stage_model, 1)
         clip.cond_stage_model.requires_grad_(False)
         return clip
@@ -249,6 +277,62 @@ def reset_peak():
         torch.cuda.reset_peak_memory_stats()
 
 
+class GpuClocks:
+    """Mean SM clock (MHz), board power (W) and share of samples throttled by the power cap while in the block.
+
+    Samples NVML every 20 ms in a thread (nvidia-ml-py); empty where there is no NVIDIA GPU or no NVML.
+    """
+
+    POWER_CAP_REASONS = 0x4 | 0x80  # software power cap, hardware power brake
+
+    def __init__(self):
+        self.samples: list[tuple[float, float, bool]] = []
+        self.handle = None
+        if ON_CUDA["value"]:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.nvml = pynvml
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            except Exception:  # no NVML: timings still run, without clocks
+                self.handle = None
+
+    def _sample(self):
+        n, h = self.nvml, self.handle
+        try:
+            reasons = n.nvmlDeviceGetCurrentClocksEventReasons(h)
+        except AttributeError:
+            reasons = n.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+        self.samples.append((n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM), n.nvmlDeviceGetPowerUsage(h) / 1e3,
+                             bool(reasons & self.POWER_CAP_REASONS)))
+
+    def __enter__(self):
+        import threading
+
+        self.samples, self._stop = [], threading.Event()
+        if self.handle is not None:
+            def loop():
+                while not self._stop.is_set():
+                    self._sample()
+                    self._stop.wait(0.02)
+            self._thread = threading.Thread(target=loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.handle is not None:
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        clocks, watts, capped = zip(*self.samples)
+        return {"sm_mhz": statistics.mean(clocks), "watts": statistics.mean(watts),
+                "power_capped": sum(capped) / len(capped)}
+
+
 def diff(a, b) -> dict:
     """Max absolute and relative L2 difference of two tensors (as float32)."""
     a, b = a.float().cpu(), b.float().cpu()
@@ -283,7 +367,8 @@ class Bench:
         self.forward_outputs: dict = {}
         self.forward_inputs = None
         self.sampling_paths = None
-        self.decode_variants = ("stock", "channels_last", "compile", "compile+cudnn.benchmark", "channels_last+compile")
+        self.decode_variants = ("stock", "channels_last", "compile", "compile+cudnn.benchmark", "channels_last+compile",
+                                "fast_output", "compile+fast_output")
         self.diag_dir = Path(diag_dir) if diag_dir else None
         self.info = self.environment()
         self.acc = importlib.import_module("zimage_lab.nodes.accelerate")
@@ -295,6 +380,9 @@ class Bench:
 
         info = {"date": time.strftime("%Y-%m-%d %H:%M"), "config": self.config, "python": platform.python_version(),
                 "torch": torch.__version__, "device": str(self.device)}
+        import comfy.model_patcher
+
+        info["model_patcher"] = comfy.model_patcher.CoreModelPatcher.__name__
         if self.cuda:
             props = torch.cuda.get_device_properties(0)
             info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
@@ -433,7 +521,12 @@ class Bench:
             first_s, _ = self.guarded(f"forward {name} {size} b{batch}", first) or (None, None)
             if first_s is None:
                 continue
-            ms, _ = events(forward, 1, self.c["forward_repeats"])
+            forward()
+            sync()
+            time.sleep(self.c["idle_s"])  # the card cools to its boost clock, as between images of a slow graph
+            cold_ms, _ = events(forward, 0, 1)
+            with GpuClocks() as clocks:
+                ms, _ = events(forward, 1, self.c["forward_repeats"])
             with torch.inference_mode():
                 out = dm(x, ts[0], ctx, ctx.shape[1], transformer_options=transformer_options)
             if reference is None:
@@ -441,7 +534,7 @@ class Bench:
             self.forward_outputs[name] = out.float().cpu()
             self.forward_inputs = (x, ts[0], ctx)
             row = dict(section="forward", name=name, size=size, batch=batch, ms=ms, ms_per_image=ms / batch,
-                       first_call_s=first_s, **diff(out, reference))
+                       first_call_s=first_s, ms_after_idle=cold_ms, **clocks.summary(), **diff(out, reference))
             if runtime is not None:
                 s = runtime.stats
                 row.update(compile_s=s.compile_seconds, fast_calls=s.fast_calls, fallbacks=s.fallback_reasons,
@@ -495,12 +588,15 @@ class Bench:
             if first is None:
                 continue
             warm_s = first[0]
+            clocks = None
             if runtime is None and repeats == 1:
                 median_s, times, samples = first  # nothing to compile: the first run is a steady-state run
             else:
-                median_s, times, samples = wall(fn, 0, repeats)
+                with GpuClocks() as clocks:
+                    median_s, times, samples = wall(fn, 0, repeats)
             row = dict(section="sampling", name=path, size=size, batch=batch, s=median_s, s_per_image=median_s / batch,
-                       ms_per_forward=median_s * 1e3 / self.c["steps"] / batch, peak_gb=peak_gb(), runs=times)
+                       ms_per_forward=median_s * 1e3 / self.c["steps"] / batch, peak_gb=peak_gb(), runs=times,
+                       **(clocks.summary() if clocks else {}))
             if reference is None:
                 reference = samples
             row.update(diff(samples, reference))
@@ -534,6 +630,8 @@ class Bench:
             variants.append(("accelerated CLIP (cache + CUDA graph)", self.acc.accelerate_clip(clip, True, "on")))
             variants.append(("accelerated CLIP (cache + CUDA graph + TF32)",
                              self.acc.accelerate_clip(clip, True, "on + TF32")))
+            variants.append(("accelerated CLIP (cache + CUDA graph + bf16)",
+                             self.acc.accelerate_clip(clip, True, "on + bf16")))
         reference = None
         for label, the_clip in variants:
             self.core.ENCODE_CACHE.clear()
@@ -569,14 +667,16 @@ class Bench:
         gen = torch.Generator().manual_seed(5)
         latent = torch.randn(1, 16, size // 8, size // 8, generator=gen)
         reference = None
-        for label, cl, comp, bench in (("stock", False, False, False), ("channels_last", True, False, False),
-                                       ("compile", False, True, False), ("compile+cudnn.benchmark", False, True, True),
-                                       ("channels_last+compile", True, True, False)):
+        for label, cl, comp, bench, fast in (
+                ("stock", False, False, False, False), ("channels_last", True, False, False, False),
+                ("compile", False, True, False, False), ("compile+cudnn.benchmark", False, True, True, False),
+                ("channels_last+compile", True, True, False, False), ("fast_output", False, False, False, True),
+                ("compile+fast_output", False, True, False, True)):
             if comp and not self.cuda and self.config == "tiny":
                 continue
             if label not in self.decode_variants:
                 continue
-            vae = self.vae if label == "stock" else self.acc.accelerate_vae(self.vae, cl, comp, bench)
+            vae = self.vae if label == "stock" else self.acc.accelerate_vae(self.vae, cl, comp, bench, fast)
             sync()
             t0 = time.perf_counter()
             out = self.guarded(f"decode {label}", vae.decode, latent)
@@ -785,8 +885,11 @@ def main(argv=None):
     parser.add_argument("--diag-dir", help="write profiles (diagnose section) into this folder")
     parser.add_argument("--sample-repeats", type=int, help="timed sampling runs per path (default: the config's)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU exists")
+    parser.add_argument("--dynamic-vram", action="store_true",
+                        help="the DiT and VAE under ComfyUI's DynamicVRAM loader (its default on NVIDIA GPUs) instead "
+                             "of the legacy resident-weights ModelPatcher; the text encoder stays legacy")
     args = parser.parse_args(argv)
-    setup(cpu=args.cpu or args.config == "tiny" and not os.environ.get("ZLAB_BENCH_GPU"))
+    setup(cpu=args.cpu or args.config == "tiny" and not os.environ.get("ZLAB_BENCH_GPU"), dynamic_vram=args.dynamic_vram)
     if args.sizes:
         CONFIGS[args.config]["sizes"] = [int(s) for s in args.sizes.split(",")]
     if args.batches:

@@ -95,6 +95,7 @@ class Runtime:
         self.graphs = core.GraphRunner()
         self.block_fn = core.compiled_joint_block(options.compile_tuning) if options.compile_blocks else core.joint_block
         self._backends: dict = {}
+        self.resident_copy = False
 
     def backend(self, x: torch.Tensor, shape: core.BlockShape) -> str:
         """The SDPA backend for this call: measured once per shape for "auto", else as set."""
@@ -326,15 +327,35 @@ def sampler_wrapper(runtime: Runtime):
 # patching
 
 
+def needs_resident_weights(options: core.AccelerateOptions) -> bool:
+    """CUDA graphs and FP8 copies need every weight at a fixed GPU address, which DynamicVRAM does not promise."""
+    return options.cuda_graphs or options.fp8_matmul
+
+
+def clone_for(model, options: core.AccelerateOptions, runtime: Runtime):
+    """model.clone(), or for a DynamicVRAM MODEL whose options need resident weights, ComfyUI's own
+    non-dynamic clone (the checkpoint reloaded for the legacy ModelPatcher, as TorchCompileModel does)."""
+    dynamic = getattr(model, "is_dynamic", lambda: False)()
+    if not (dynamic and needs_resident_weights(options)):
+        return model.clone()
+    if getattr(model, "cached_patcher_init", None) is None:
+        runtime.stats.fallback("DynamicVRAM model with no loader to reload it resident: CUDA graphs / FP8 skipped")
+        return model.clone()
+    logging.info("ZImageLabAccelerate: DynamicVRAM model; loading a resident-weights copy for CUDA graphs / FP8.")
+    runtime.resident_copy = True
+    return model.clone(disable_dynamic=True)
+
+
 def accelerate_model(model, options: core.AccelerateOptions):
     """A clone of MODEL with the chosen accelerations installed; the given MODEL is untouched."""
     options.validate()
-    patched = model.clone()
-    runtime = Runtime(options)
     diffusion_model = model.get_model_object("diffusion_model")
     if not hasattr(diffusion_model, "layers") or not hasattr(diffusion_model, "context_refiner"):
         raise ValueError(f"model is a {type(diffusion_model).__name__}: ZImageLabAccelerate works on Z-Image "
                          "(Lumina 2 NextDiT) models only. Load z_image_turbo_bf16.safetensors with UNETLoader.")
+    runtime = Runtime(options)
+    patched = clone_for(model, options, runtime)
+    model = patched  # blocks below are read from the clone: a resident copy has its own modules
     if options.compile_blocks or options.fp8_matmul:
         for group in BLOCK_GROUPS:
             for i in range(len(getattr(diffusion_model, group))):
@@ -398,15 +419,17 @@ class GraphedTextModel(torch.nn.Module):
     Inputs are padded at the end to a multiple of 32 tokens (causal attention, pads masked: the
     real tokens' hidden states are unchanged) so that prompts of similar length share a graph.
     Falls back to the plain forward where a graph cannot be used (CPU, dynamic VRAM loading,
-    key/value caches for generation, embeddings other than tokens).
+    key/value caches for generation, embeddings other than tokens). With bf16, ComfyUI's float32
+    activations become bfloat16 (the checkpoint's own dtype, so no weight is cast) on both paths.
     """
 
-    def __init__(self, inner: torch.nn.Module, graphs: core.GraphRunner, tf32: bool = False):
+    def __init__(self, inner: torch.nn.Module, graphs: core.GraphRunner, tf32: bool = False, bf16: bool = False):
         super().__init__()
         self._modules = dict(inner._modules)
         object.__setattr__(self, "original", inner)
         object.__setattr__(self, "graphs", graphs)
         object.__setattr__(self, "tf32", tf32)
+        object.__setattr__(self, "bf16", bf16)
         object.__setattr__(self, "replays", 0)
 
     def __getattr__(self, name):
@@ -427,6 +450,8 @@ class GraphedTextModel(torch.nn.Module):
     def forward(self, x, attention_mask=None, embeds=None, num_tokens=None, intermediate_output=None,
                 final_layer_norm_intermediate=True, dtype=None, position_ids=None, embeds_info=[], past_key_values=None):
         original = self.original
+        if self.bf16 and embeds is not None and embeds.dtype == torch.float32:
+            embeds, dtype = embeds.to(torch.bfloat16), torch.bfloat16
         if not self._graphable(x, embeds, position_ids, embeds_info, past_key_values, intermediate_output):
             return original(x, attention_mask, embeds=embeds, num_tokens=num_tokens,
                             intermediate_output=intermediate_output,
@@ -459,7 +484,7 @@ def _text_model_path(cond_stage_model) -> str | None:
     return None
 
 
-TEXT_ENCODER_GRAPH = ("off", "on", "on + TF32")
+TEXT_ENCODER_GRAPH = ("off", "on", "on + TF32", "on + bf16")
 
 
 def accelerate_clip(clip, cache: bool = True, graphs: str = "off"):
@@ -486,7 +511,7 @@ def accelerate_clip(clip, cache: bool = True, graphs: str = "off"):
         if isinstance(inner, GraphedTextModel):
             inner = inner.original
         patched.patcher.add_object_patch(path, GraphedTextModel(inner, core.GraphRunner(max_graphs=8, warmup=1),
-                                                                tf32=graphs == "on + TF32"))
+                                                                tf32=graphs == "on + TF32", bf16=graphs == "on + bf16"))
     if not cache:
         return patched
     patched.patcher.add_object_patch("encode_token_weights", cached_encode_token_weights(cond_stage_model))
@@ -542,13 +567,64 @@ class AcceleratedDecoder:
             torch.backends.cudnn.benchmark = previous
 
 
-def accelerate_vae(vae, channels_last: bool, compiled: bool, cudnn_benchmark: bool = False):
-    """A copy of VAE (sharing its weights and patcher) whose decode runs channels-last and/or compiled."""
+def _fast_output_applies(vae, samples) -> bool:
+    """Whether VAE.decode's plain path (whole batches, images out) is the one this latent takes."""
+    return (getattr(vae, "latent_dim", None) == 2 and samples.ndim == 4
+            and not getattr(vae.first_stage_model, "comfy_has_chunked_io", False))
+
+
+def fast_output_decode(vae, samples_in: torch.Tensor, vae_options: dict = {}) -> torch.Tensor:
+    """VAE.decode with the image finished on the decoder's device and copied to the CPU once.
+
+    ComfyUI copies each decoded batch to a new CPU tensor, copies that into the output and then
+    scales it to [0, 1] there; here the same float32 operations (vae.process_output) run on the GPU
+    and the result goes to page-locked memory in one transfer, so the pixels are bit-identical.
+    Anything else (video latents, chunked decoders, out of memory) takes ComfyUI's own decode.
+    """
+    import comfy.model_management as mm
+
+    stock = type(vae).decode
+    if not _fast_output_applies(vae, samples_in):
+        return stock(vae, samples_in, vae_options)
+    vae.throw_exception_if_invalid()
+    try:
+        memory_used = vae.memory_used_decode(samples_in.shape, vae.vae_dtype)
+        mm.load_models_gpu([vae.patcher], memory_required=memory_used, force_full_load=vae.disable_offload)
+        batch_number = max(1, int(vae.patcher.get_free_memory(vae.device) / memory_used))
+        pixels = None
+        for x in range(0, samples_in.shape[0], batch_number):
+            samples = samples_in[x:x + batch_number].to(device=vae.device, dtype=vae.vae_dtype)
+            out = vae.first_stage_model.decode(samples, **vae_options).to(dtype=vae.vae_output_dtype(), copy=True)
+            vae.process_output(out)
+            if pixels is None:
+                pin = out.is_cuda and torch.device(vae.output_device).type == "cpu"
+                pixels = torch.empty((samples_in.shape[0],) + tuple(out.shape[1:]), dtype=out.dtype,
+                                     device=vae.output_device, pin_memory=pin)
+            pixels[x:x + batch_number].copy_(out, non_blocking=pixels.is_pinned())
+            del out
+        if pixels.is_pinned():
+            torch.cuda.current_stream(vae.device).synchronize()
+    except Exception as e:
+        mm.raise_non_oom(e)
+        logging.warning("ZImageLabAccelerate: out of memory in the fast VAE output path; using ComfyUI's decode.")
+        return stock(vae, samples_in, vae_options)
+    return pixels.movedim(1, -1)
+
+
+def accelerate_vae(vae, channels_last: bool, compiled: bool, cudnn_benchmark: bool = False,
+                   fast_output: bool = False):
+    """A copy of VAE (sharing its weights and patcher): decoder channels-last and/or compiled, image finished on the GPU."""
     patched = copy.copy(vae)
     model = vae.first_stage_model
     if isinstance(model, AcceleratedDecoder):
         model = model._model
-    patched.first_stage_model = AcceleratedDecoder(model, channels_last, compiled, cudnn_benchmark)
+    if channels_last or compiled or cudnn_benchmark:
+        patched.first_stage_model = AcceleratedDecoder(model, channels_last, compiled, cudnn_benchmark)
+    else:
+        patched.first_stage_model = model
+    patched.__dict__.pop("decode", None)
+    if fast_output:
+        patched.decode = lambda samples_in, vae_options={}: fast_output_decode(patched, samples_in, vae_options)
     return patched
 
 
@@ -617,14 +693,22 @@ class ZImageAccelerate(io.ComfyNode):
                                        "to a multiple of 32 tokens; causal attention keeps the real tokens' states), "
                                        "removing the Python and launch overhead of a first encode. 'on + TF32' also "
                                        "runs its float32 matrix multiplies on TF32 tensor cores (faster, ~1e-3 "
-                                       "relative rounding). Needs the clip input; skipped with DynamicVRAM weight "
-                                       "streaming."),
+                                       "relative rounding). 'on + bf16' runs the encoder in bfloat16, the dtype of "
+                                       "the Qwen3-4B checkpoint and of transformers' bf16 pipelines, instead of "
+                                       "ComfyUI's float32 activations (fastest; bf16 rounding, measured in "
+                                       "docs/performance.md). Needs the clip input; the graph is skipped with "
+                                       "DynamicVRAM weight streaming."),
                 io.Boolean.Input("vae_channels_last", default=False,
                                  tooltip="VAE: decode in channels-last memory layout (faster convolutions on "
                                          "NVIDIA tensor cores). Needs the vae input."),
                 io.Boolean.Input("vae_compile", default=False,
                                  tooltip="VAE: torch.compile the decoder at fixed latent sizes (first decode of each "
                                          "size compiles). Needs the vae input."),
+                io.Boolean.Input("vae_fast_output", default=False, optional=True,
+                                 tooltip="VAE: finish the decoded image on the GPU (ComfyUI's scaling to [0, 1], the "
+                                         "same float32 operations) and copy it to the CPU once, into page-locked "
+                                         "memory, instead of two CPU copies and CPU scaling. Bit-identical pixels. "
+                                         "Needs the vae input."),
                 io.Clip.Input("clip", optional=True, tooltip="Optional CLIP (qwen_3_4b) to give cached encodes."),
                 io.Vae.Input("vae", optional=True, tooltip="Optional VAE (ae.safetensors) to give a faster decode."),
             ],
@@ -640,30 +724,36 @@ class ZImageAccelerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, attention, compile_blocks, cuda_graphs, fp8_matmul, sync_free_sampling,
-                cache_text_encodes, graph_text_encoder, vae_channels_last, vae_compile, clip=None,
-                vae=None) -> io.NodeOutput:
+                cache_text_encodes, graph_text_encoder, vae_channels_last, vae_compile, vae_fast_output=False,
+                clip=None, vae=None) -> io.NodeOutput:
         options = core.AccelerateOptions(attention=attention, compile_blocks=compile_blocks, cuda_graphs=cuda_graphs,
                                          fp8_matmul=fp8_matmul, sync_free_sampling=sync_free_sampling)
         options.validate()
         if (cache_text_encodes or graph_text_encoder != "off") and clip is None:
             raise ValueError("a CLIP option (cache_text_encodes / graph_text_encoder) is on but no clip is connected: "
                              "connect the CLIP to the clip input.")
-        if (vae_channels_last or vae_compile) and vae is None:
+        if (vae_channels_last or vae_compile or vae_fast_output) and vae is None:
             raise ValueError("a VAE option is on but no vae is connected: connect the VAE to the vae input.")
+        runtime = None
         if options.any:
-            out_model, _ = accelerate_model(model, options)
+            out_model, runtime = accelerate_model(model, options)
         else:
             out_model = model
         clip_on = cache_text_encodes or graph_text_encoder != "off"
         out_clip = accelerate_clip(clip, cache_text_encodes, graph_text_encoder) if clip_on else clip
-        vae_done = " + ".join(n for n, on in (("channels-last", vae_channels_last), ("compiled", vae_compile)) if on)
-        out_vae = accelerate_vae(vae, vae_channels_last, vae_compile) if vae_done else vae
+        vae_done = " + ".join(n for n, on in (("channels-last", vae_channels_last), ("compiled", vae_compile),
+                                               ("GPU output", vae_fast_output)) if on)
+        out_vae = accelerate_vae(vae, vae_channels_last, vae_compile, fast_output=vae_fast_output) if vae_done else vae
         record = {"node": "ZImageLabAccelerate", **options.to_dict(), "cache_text_encodes": cache_text_encodes,
                   "graph_text_encoder": graph_text_encoder, "vae_channels_last": vae_channels_last,
-                  "vae_compile": vae_compile}
+                  "vae_compile": vae_compile, "vae_fast_output": vae_fast_output}
         clip_done = " + ".join(n for n, on in (("cached", cache_text_encodes),
                                                 (f"CUDA graph ({graph_text_encoder})", graph_text_encoder != "off")) if on)
         text = describe(options, clip_done, vae_done)
+        if runtime is not None and runtime.resident_copy:
+            text += "; DynamicVRAM model reloaded with resident weights (needed by CUDA graphs / FP8)"
+        elif runtime is not None and runtime.stats.fallback_reasons:
+            text += "; skipped: " + "; ".join(runtime.stats.fallback_reasons)
         logging.info("ZImageLabAccelerate: %s", text)
         return io.NodeOutput(out_model, out_clip, out_vae, json.dumps(record, indent=1), ui={"text": [text]})
 

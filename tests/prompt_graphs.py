@@ -81,3 +81,17 @@ def expect_error(lab, graph: dict, *words) -> str:
     for word in words:
         assert word in str(err.value), str(err.value)
     return str(err.value)
+
+
+def tiny_transformers_qwen3(lab):
+    """The tiny Qwen3 weights in a transformers Qwen3Model, built here with transformers' own classes."""
+    from safetensors.torch import load_file
+    from transformers import Qwen3Config, Qwen3Model
+
+    sd = load_file(str(lab.base / "models" / "text_encoders" / harness.TINY_FILES["clip_name"]))
+    config = Qwen3Config(vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=36,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=128, rms_norm_eps=1e-6,
+                         rope_theta=1e6, tie_word_embeddings=True)
+    model = Qwen3Model(config).eval()
+    model.load_state_dict({k[len("model."):]: v.float() for k, v in sd.items()})
+    return model

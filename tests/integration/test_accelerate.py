@@ -22,7 +22,8 @@ OFF = {"attention": "off", "compile_blocks": False, "cuda_graphs": False, "fp8_m
        "vae_channels_last": False, "vae_compile": False}
 
 
-def _graph(options: dict, seed=42, steps=4, sampler="res_multistep", text="a red fox in the snow", tag="acc"):
+def _graph(options: dict, seed=42, steps=4, sampler="res_multistep", text="a red fox in the snow", tag="acc",
+           batch=1):
     """Stock KSampler path and our sampler on the accelerated MODEL / CLIP / VAE, side by side."""
     return {
         "1": {"class_type": "ZImageLabTestTinyUNETLoader", "inputs": {"unet_name": harness.TINY_FILES["unet_name"]}},
@@ -32,7 +33,7 @@ def _graph(options: dict, seed=42, steps=4, sampler="res_multistep", text="a red
               "inputs": {**OFF, **options, "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0]}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 0]}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
-        "7": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
         "8": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["1", 0], "shift": 3.0}},
         "9": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}},
         "10": {"class_type": "KSampler", "inputs": {"model": ["8", 0], "seed": seed, "steps": steps, "cfg": 1.0,
@@ -47,15 +48,30 @@ def _graph(options: dict, seed=42, steps=4, sampler="res_multistep", text="a red
         "15": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["4", 2]}},
         "16": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": f"{tag}/stock"}},
         "17": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": f"{tag}/ours"}},
+        "18": {"class_type": "ZImageLabTestSaveImageTensor", "inputs": {"images": ["14", 0],
+                                                                       "filename_prefix": f"{tag}/stock_image"}},
+        "19": {"class_type": "ZImageLabTestSaveImageTensor", "inputs": {"images": ["15", 0],
+                                                                       "filename_prefix": f"{tag}/ours_image"}},
     }
 
 
-def _run(lab, options, **kw):
-    result = lab.run(_graph(options, **kw))
+def _run(lab, options, batch=1, **kw):
+    result = lab.run(_graph(options, batch=batch, **kw))
     (stock,), (ours,) = lab.latents(result, "12"), lab.latents(result, "13")
-    (stock_img,), (ours_img,) = lab.images(result, "16"), lab.images(result, "17")
-    assert stock.shape == (1, 16, 8, 8) and torch.isfinite(stock).all() and stock.abs().max() > 0
+    stock_img, ours_img = lab.images(result, "16")[0], lab.images(result, "17")[0]
+    assert stock.shape == (batch, 16, 8, 8) and torch.isfinite(stock).all() and stock.abs().max() > 0
     return result, stock, ours, stock_img, ours_img
+
+
+def _image_tensors(lab, result):
+    """The two decoded IMAGE tensors exactly as VAEDecode returned them (stock VAE, accelerated VAE), and their info."""
+    from safetensors.torch import load_file
+
+    out = []
+    for node in ("18", "19"):
+        ui = result.outputs[node]
+        out.append((load_file(ui["text"][0])["images"], json.loads(ui["info"][0])))
+    return out
 
 
 def _rel(a, b):
@@ -101,6 +117,50 @@ def test_compiled_blocks_and_vae_match_stock_within_tolerance(lab):
     assert np.abs(stock_img.astype(int) - ours_img.astype(int)).max() <= 1
     text = result.outputs["4"]["text"][0]
     assert "compile_blocks" in text and "VAE decode channels-last + compiled" in text
+
+
+def test_vae_fast_output_gives_the_stock_pixels_bit_for_bit(lab):
+    """Scaling on the decoder's device and one copy out: the IMAGE tensor equals VAEDecode's, in every batch item."""
+    result, _, _, _, _ = _run(lab, {"vae_fast_output": True}, seed=4, tag="fastout", batch=3)
+    (stock, stock_info), (ours, ours_info) = _image_tensors(lab, result)
+    assert stock.shape == (3, 64, 64, 3) and stock.min() >= 0 and stock.max() <= 1 and stock.std() > 0
+    assert torch.equal(ours, stock)
+    assert ours_info["dtype"] == stock_info["dtype"] == "torch.float32"
+    assert ours_info["shape"] == stock_info["shape"] and ours_info["device"] == "cpu"
+    assert "VAE decode GPU output" in result.outputs["4"]["text"][0]
+
+
+def test_vae_fast_output_with_the_compiled_decoder(lab):
+    result, _, _, _, _ = _run(lab, {"vae_compile": True, "vae_fast_output": True}, seed=4, tag="fastout_c")
+    (stock, _), (ours, _) = _image_tensors(lab, result)
+    assert 0 < (ours - stock).abs().max() < 1e-4 or torch.equal(ours, stock)
+
+
+def test_text_encoder_in_bf16_differs_from_float32_by_bf16_rounding_only(lab):
+    """'on + bf16': ComfyUI's float32 encoder activations in bfloat16. Its distance to the float32 encode is of the
+    size of transformers' own bf16-vs-float32 distance on the same weights (and not zero: bf16 really ran)."""
+    from prompt_graphs import TEMPLATE, probe, qwen_tokenizer, read_probe, tiny_transformers_qwen3
+
+    text = "a red fox sitting in fresh snow at golden hour"
+    graph = {k: v for k, v in _graph({"graph_text_encoder": "on + bf16"}, text=text).items()
+             if k in ("1", "2", "3", "4", "5", "6")}
+    graph["probe_5"], graph["probe_6"] = probe("5", "bf16_stock"), probe("6", "bf16_ours")
+    result = lab.run(graph)
+    stock, stock_mask, _ = read_probe(lab, result, "5")
+    ours, ours_mask, _ = read_probe(lab, result, "6")
+    assert ours.shape == stock.shape and torch.equal(ours_mask, stock_mask)
+    ids = qwen_tokenizer(harness.find_comfyui())(TEMPLATE.format(text))["input_ids"]
+    assert len(ids) == stock.shape[1]
+    model = tiny_transformers_qwen3(lab)
+    with torch.no_grad():
+        hf32 = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-2]
+        hf16 = model.to(torch.bfloat16)(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-2]
+    assert _rel(stock, hf32) < 1e-4                       # the float32 paths agree
+    reference_bf16_error = _rel(hf16.float(), hf32)
+    ours_error = _rel(ours, stock)
+    assert 1e-4 < reference_bf16_error < 0.05, reference_bf16_error
+    assert 0.2 * reference_bf16_error < ours_error < 3 * reference_bf16_error, (ours_error, reference_bf16_error)
+    assert "CUDA graph (on + bf16)" in result.outputs["4"]["text"][0]
 
 
 def test_fp8_matmul_is_close_but_not_exact(lab):

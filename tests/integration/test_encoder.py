@@ -7,25 +7,11 @@ import torch
 
 import harness
 from prompt_graphs import (TEMPLATE, cache_stats, encoder, expect_error, formatter, post, qwen_tokenizer,
-                           read_probe, with_probes)
+                           read_probe, tiny_transformers_qwen3, with_probes)
 
 pytestmark = pytest.mark.integration
 
 PROMPT = "a red fox sitting in fresh snow at golden hour"
-
-
-def tiny_transformers_qwen3(lab):
-    """The tiny Qwen3 weights in a transformers Qwen3Model, built here with transformers' own classes."""
-    from safetensors.torch import load_file
-    from transformers import Qwen3Config, Qwen3Model
-
-    sd = load_file(str(lab.base / "models" / "text_encoders" / harness.TINY_FILES["clip_name"]))
-    config = Qwen3Config(vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=36,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=128, rms_norm_eps=1e-6,
-                         rope_theta=1e6, tie_word_embeddings=True)
-    model = Qwen3Model(config).eval()
-    model.load_state_dict({k[len("model."):]: v.float() for k, v in sd.items()})
-    return model
 
 
 def test_default_output_equals_clip_text_encode_exactly(lab):

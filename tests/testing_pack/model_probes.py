@@ -171,3 +171,29 @@ class SaveConditioning(io.ComfyNode):
 
 
 NODES.append(SaveConditioning)
+
+
+class SaveImageTensor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageLabTestSaveImageTensor", display_name="Save Image Tensor (tests)",
+            category="Z-Image Lab/testing",
+            description="Saves an IMAGE exactly as it is (dtype, layout, contiguity) as safetensors.",
+            inputs=[io.Image.Input("images"), io.String.Input("filename_prefix", default="image")],
+            outputs=[], is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, filename_prefix) -> io.NodeOutput:
+        path = os.path.join(folder_paths.get_output_directory(), filename_prefix + ".safetensors")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _save({"images": images.contiguous()}, path)
+        info = {"dtype": str(images.dtype), "shape": list(images.shape), "device": str(images.device),
+                "strides": list(images.stride())}
+        import json
+
+        return io.NodeOutput(ui={"text": [path], "info": [json.dumps(info)]})
+
+
+NODES.append(SaveImageTensor)
