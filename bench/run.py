@@ -98,6 +98,8 @@ def setup(cpu: bool, dynamic_vram: bool = False):
 
     args.cpu = cpu
     if dynamic_vram:
+        if cpu:
+            raise SystemExit("--dynamic-vram needs a CUDA GPU (ComfyUI uses the legacy ModelPatcher on the CPU)")
         import comfy_aimdo.control
 
         comfy_aimdo.control.init()
