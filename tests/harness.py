@@ -88,7 +88,8 @@ class ComfyServer:
         self.process = None
 
     def start(self, timeout: float = 180.0) -> "ComfyServer":
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        device = [] if os.environ.get("ZLAB_SERVER_GPU") else ["--cpu"]  # ZLAB_SERVER_GPU=1: ComfyUI's own device choice
+        cmd = [self.python, "main.py", *device, "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch",
                "--database-url", "sqlite:///:memory:", *self.extra_args]
         self._log = open(self.log_path, "w")

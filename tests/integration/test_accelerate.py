@@ -5,6 +5,7 @@ bench/run.py on an H100 (docs/performance.md); here they fall back or run their 
 """
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -16,6 +17,10 @@ import torch
 import harness
 
 pytestmark = pytest.mark.integration
+
+ON_GPU = bool(os.environ.get("ZLAB_SERVER_GPU"))
+"""Server on ComfyUI's own device choice (tests/harness.py): the tiny VAE then decodes in bf16, so the
+compiled decoder's images differ from the eager ones by a few bf16 steps instead of float32 rounding."""
 
 OFF = {"attention": "off", "compile_blocks": False, "cuda_graphs": False, "fp8_matmul": False,
        "sync_free_sampling": False, "cache_text_encodes": False, "graph_text_encoder": "off",
@@ -114,7 +119,7 @@ def test_compiled_blocks_and_vae_match_stock_within_tolerance(lab):
     result, stock, ours, stock_img, ours_img = _run(lab, options, seed=5, tag="compiled")
     rel = _rel(ours, stock)
     assert 0 < rel < 1e-4, rel  # float32 on the CPU: rounding-level differences only
-    assert np.abs(stock_img.astype(int) - ours_img.astype(int)).max() <= 1
+    assert np.abs(stock_img.astype(int) - ours_img.astype(int)).max() <= (3 if ON_GPU else 1)
     text = result.outputs["4"]["text"][0]
     assert "compile_blocks" in text and "VAE decode channels-last + compiled" in text
 
@@ -133,7 +138,7 @@ def test_vae_fast_output_gives_the_stock_pixels_bit_for_bit(lab):
 def test_vae_fast_output_with_the_compiled_decoder(lab):
     result, _, _, _, _ = _run(lab, {"vae_compile": True, "vae_fast_output": True}, seed=4, tag="fastout_c")
     (stock, _), (ours, _) = _image_tensors(lab, result)
-    assert 0 < (ours - stock).abs().max() < 1e-4 or torch.equal(ours, stock)
+    assert 0 < (ours - stock).abs().max() < (0.02 if ON_GPU else 1e-4) or torch.equal(ours, stock)
 
 
 def test_text_encoder_in_bf16_differs_from_float32_by_bf16_rounding_only(lab):
@@ -165,9 +170,11 @@ def test_text_encoder_in_bf16_differs_from_float32_by_bf16_rounding_only(lab):
 
 def test_fp8_matmul_is_close_but_not_exact(lab):
     """FP8 (here the CPU reference arithmetic of the same quantized values) changes the result beyond rounding."""
-    _, stock, ours, _, _ = _run(lab, {"fp8_matmul": True}, seed=9, tag="fp8")
+    result, stock, ours, _, _ = _run(lab, {"fp8_matmul": True}, seed=9, tag="fp8")
     rel = _rel(ours, stock)
     assert 1e-5 < rel < 0.5, rel
+    if ON_GPU:  # ComfyUI's DynamicVRAM loader on NVIDIA: FP8 copies need the resident clone
+        assert "reloaded with resident weights" in result.outputs["4"]["text"][0]
 
 
 def _cache_stats(lab):

@@ -197,8 +197,9 @@ def read_metadata(path: str, key: str) -> dict:
     return json.loads(meta[key])
 
 
-def load_dit(path: str):
-    """A ModelPatcher for a tiny DiT file, built the way comfy.sd.load_diffusion_model does."""
+def load_dit(path: str, disable_dynamic: bool = False):
+    """A ModelPatcher for a tiny DiT file, built the way comfy.sd.load_diffusion_model does
+    (including cached_patcher_init, with which ComfyUI reloads a DynamicVRAM model as a legacy one)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -208,9 +209,10 @@ def load_dit(path: str):
     model_config = comfy.supported_models.ZImage(unet_config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model(sd, "")
-    patcher = comfy.model_patcher.CoreModelPatcher(model, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else comfy.model_patcher.CoreModelPatcher
+    patcher = patcher_class(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
     model.load_model_weights(sd, "", assign=patcher.is_dynamic())
+    patcher.cached_patcher_init = (load_dit, (path,))
     return patcher
 
 
