@@ -234,10 +234,13 @@ class ComfyPage:
           const s = {STORES};
           const errors = s.get('executionError'), models = s.get('missingModel');
           const unregistered = app.graph.nodes.filter((n) => !(n.type in LiteGraph.registered_node_types)).map((n) => n.type);
+          // a late scan of the previous graph (the default one after a reload) can leave its candidates behind
+          const onThisGraph = (m) => m.nodeId == null || app.graph.nodes.some(
+            (n) => String(n.id) === String(m.nodeId) && n.type === m.nodeType);
           return JSON.stringify({{
             unregistered_types: unregistered,
             missing_nodes: errors.missingNodesError,
-            missing_models: (models.missingModelCandidates ?? []).filter((m) => m.isMissing !== false),
+            missing_models: (models.missingModelCandidates ?? []).filter((m) => m.isMissing !== false && onThisGraph(m)),
             error_count: errors.totalErrorCount,
             error_overlay: errors.isErrorOverlayOpen,
             dialogs: s.get('dialog').dialogStack.map((d) => d.key),
