@@ -6,18 +6,26 @@ Prints, per shape [batch, tokens, 30 heads, 128], the median ms of 50 calls, the
 3 s back to back, and both kernels' relative L2 error against a float32 SDPA.
 """
 import argparse
+import importlib.util
 import site
-import statistics
 import sys
 import time
+from pathlib import Path
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--site", help="extra site directory with flash-attn-4 and its dependencies (.pth files honoured)")
-if parser.parse_args().site:
-    site.addsitedir(parser.parse_args().site)
+args = parser.parse_args()
+if args.site:
+    site.addsitedir(args.site)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+# the pack's CUDA-event timer and SDPA-backend wrapper (core/ imports no ComfyUI)
+_spec = importlib.util.spec_from_file_location("zlab_accelerate",
+                                               Path(__file__).resolve().parents[1] / "core" / "accelerate.py")
+accel = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = accel  # its dataclasses look themselves up there
+_spec.loader.exec_module(accel)
 
 t0 = time.time()
 from flash_attn.cute.interface import flash_attn_func  # noqa: E402
@@ -25,19 +33,8 @@ from flash_attn.cute.interface import flash_attn_func  # noqa: E402
 print(f"import flash_attn.cute: {time.time() - t0:.1f} s", flush=True)
 
 
-def timeit(fn, n=50):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+def timeit(fn):
+    return accel.time_cuda(fn, warmup=3, repeats=50)
 
 
 def sustained(fn, seconds=3.0):
@@ -58,8 +55,7 @@ for b, L in [(1, 4224), (1, 4096), (4, 4224), (1, 16512)]:
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def cudnn():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return F.scaled_dot_product_attention(qt, kt, vt)
+        return accel.sdpa(qt, kt, vt, "cudnn")
 
     def fa4():
         out = flash_attn_func(q, k, v)

@@ -174,6 +174,10 @@ class ComfyPage:
                                     timeout=timeout_ms)
         self.page.wait_for_timeout(500)
         self.close_dialogs()
+        # the startup graph (the default workflow) gets its own missing-model scan; let it finish here,
+        # or it can land in the error store after the workflow a test drops in next
+        self.settle()
+        self.close_dialogs()
         self.set_setting("LiteGraph.Canvas.MinFontSizeForLOD", 0)  # screenshots show text at any zoom
         return self
 

@@ -4,6 +4,7 @@ Never shipped. Each probe writes safetensors files under the server's output fol
 ``filename_prefix``, so a test can read exactly what the model computed.
 """
 
+import json
 import os
 
 import comfy.model_management
@@ -16,6 +17,13 @@ from safetensors.torch import save_file
 def _target(prefix: str) -> str:
     path = os.path.join(folder_paths.get_output_directory(), prefix)
     os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _output_file(filename_prefix: str) -> str:
+    """<output dir>/<prefix>.safetensors, its folder created."""
+    path = os.path.join(folder_paths.get_output_directory(), filename_prefix + ".safetensors")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
 
 
@@ -96,8 +104,7 @@ class SaveWeights(io.ComfyNode):
     def execute(cls, model, filename_prefix) -> io.NodeOutput:
         comfy.model_management.load_models_gpu([model], force_full_load=True)
         state = model.model.diffusion_model.state_dict()
-        path = os.path.join(folder_paths.get_output_directory(), filename_prefix + ".safetensors")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        path = _output_file(filename_prefix)
         _save(state, path)
         return io.NodeOutput(ui={"text": [path]})
 
@@ -135,8 +142,6 @@ class PatchState(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, tag) -> io.NodeOutput:
-        import json
-
         return io.NodeOutput(ui={"text": [json.dumps(patch_state(model), sort_keys=True)]})
 
 
@@ -156,10 +161,7 @@ class SaveConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, filename_prefix) -> io.NodeOutput:
-        import json
-
-        path = os.path.join(folder_paths.get_output_directory(), filename_prefix + ".safetensors")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        path = _output_file(filename_prefix)
         tensors = {}
         for i, (tokens, extras) in enumerate(conditioning):
             tensors[f"tokens_{i}"] = tokens
@@ -186,13 +188,10 @@ class SaveImageTensor(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, filename_prefix) -> io.NodeOutput:
-        path = os.path.join(folder_paths.get_output_directory(), filename_prefix + ".safetensors")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        path = _output_file(filename_prefix)
         _save({"images": images.contiguous()}, path)
         info = {"dtype": str(images.dtype), "shape": list(images.shape), "device": str(images.device),
                 "strides": list(images.stride())}
-        import json
-
         return io.NodeOutput(ui={"text": [path], "info": [json.dumps(info)]})
 
 
