@@ -17,7 +17,11 @@ With axis-0 frequencies ``w_i = theta^(-2i/d)``, i = 0..d/2-1, d = 32:
   the ramp g_i = 1 keeps (extrapolates) frequencies that turn more than ``beta_fast`` times
   over the trained length, g_i = 0 interpolates those that turn fewer than ``beta_slow``
   times, linear in i between. Plus YaRN's attention temperature ``m = 0.1 ln s + 1``: q and k
-  are both scaled by m (logits by m^2) by scaling the rotation (cos/sin) by m.
+  are both scaled by m (logits by m^2) by scaling the rotation (cos/sin) by m. The temperature
+  goes where the longer caption is attended: the context refiner (caption only) and the main
+  layers (caption + image). The noise refiner attends over the image tokens only, whose context
+  does not grow with the caption, so it gets the rotation without the temperature
+  (TemperatureFreeBlock).
 
 ``s`` is a fixed factor, or dynamic ("fit to this prompt"): ``s = max(1, P / trained)``
 with P the largest caption position (= L_pad for a text-to-image forward), so a caption that
@@ -26,6 +30,7 @@ fits the trained length is left exactly as it is.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -120,17 +125,21 @@ def rotation(positions: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     return out.to(device=positions.device, dtype=torch.float32)
 
 
+def is_caption_call(ids: torch.Tensor) -> bool:
+    """A caption call has axes 1-2 all zero and consecutive axis-0 positions; any other is the image's."""
+    axis0 = ids[0, :, 0]
+    consecutive = axis0.numel() > 1 and bool(torch.all(axis0[1:] - axis0[:-1] == 1))
+    return consecutive and not bool(torch.any(ids[0, :, 1:] != 0))
+
+
 def largest_caption_position(ids: torch.Tensor) -> float:
     """Largest caption position P of the forward that makes this id call (see module notes).
 
-    A caption call has axes 1-2 all zero and consecutive axis-0 positions (its last one is P);
-    any other call (the image tokens at P + 1, their padding rows at 0) gives P = max - 1.
+    A caption call's last position is P; any other call (the image tokens at P + 1, their
+    padding rows at 0) gives P = max - 1.
     """
     axis0 = ids[0, :, 0]
-    consecutive = axis0.numel() > 1 and bool(torch.all(axis0[1:] - axis0[:-1] == 1))
-    if consecutive and not bool(torch.any(ids[0, :, 1:] != 0)):
-        return float(axis0[-1])
-    return float(axis0.max()) - 1.0
+    return float(axis0[-1]) if is_caption_call(ids) else float(axis0.max()) - 1.0
 
 
 class ExtendedRoPE(torch.nn.Module):
@@ -154,6 +163,7 @@ class ExtendedRoPE(torch.nn.Module):
         self.method, self.factor, self.trained_length = method, factor, int(trained_length)
         self.beta_fast, self.beta_slow, self.yarn_attention = beta_fast, beta_slow, yarn_attention
         self.last_factor = None  # the factor of the latest call, for reports and tests
+        self.image_rotation = None  # (with temperature, without) of the latest image call
 
     def factor_for(self, ids: torch.Tensor) -> float:
         """The scale factor for this call: the fixed one, or fitted to the caption it belongs to."""
@@ -173,12 +183,28 @@ class ExtendedRoPE(torch.nn.Module):
         out = out.clone()
         out[:, :, :, : d0 // 2] = rotation(positions, omega).unsqueeze(1).to(out.dtype)
         if self.method == "yarn" and self.yarn_attention != "off":
+            plain = out
             m = yarn_temperature(factor)
             if self.yarn_attention == "all dims":
                 out = out * m
             else:
+                out = out.clone()
                 out[:, :, :, : d0 // 2] *= m
+            if not is_caption_call(ids):
+                self.image_rotation = (out, plain)
         return out
+
+    def without_temperature(self, freqs: torch.Tensor) -> torch.Tensor:
+        """The image rotation a block received, as it was before YaRN's temperature (else unchanged).
+
+        ``freqs`` is this embedder's latest image output as NextDiT passes it on (moved to [B, N, ...]).
+        """
+        if self.image_rotation is None:
+            return freqs
+        scaled, plain = (r.movedim(1, 2) for r in self.image_rotation)
+        if scaled.shape == freqs.shape and torch.equal(scaled.to(freqs.device), freqs):
+            return plain.to(device=freqs.device, dtype=freqs.dtype)
+        return freqs
 
     def describe(self) -> str:
         """One line saying what this extender does."""
@@ -187,3 +213,27 @@ class ExtendedRoPE(torch.nn.Module):
         if self.method == "yarn":
             text += f", beta_fast {self.beta_fast:g}, beta_slow {self.beta_slow:g}, temperature on {self.yarn_attention}"
         return text
+
+
+class TemperatureFreeMixin:
+    """Mixed into a copy of a noise-refiner block: it attends with the image rotation without YaRN's
+    temperature. Assumes NextDiT's block signature forward(x, x_mask, freqs_cis, ...)."""
+
+    def forward(self, x, x_mask, freqs_cis, *args, **kwargs):
+        return super().forward(x, x_mask, self.zimage_lab_rope.without_temperature(freqs_cis), *args, **kwargs)
+
+
+_TEMPERATURE_FREE: dict[type, type] = {}
+
+
+def temperature_free(block: torch.nn.Module, rope: ExtendedRoPE) -> torch.nn.Module:
+    """A shallow copy of a block (same submodules and weights) that removes ``rope``'s temperature."""
+    cls = type(block)
+    while issubclass(cls, TemperatureFreeMixin):  # re-extending: wrap the original class once
+        cls = cls.__mro__[2]
+    if cls not in _TEMPERATURE_FREE:
+        _TEMPERATURE_FREE[cls] = type(f"ZImageLabTemperatureFree{cls.__name__}", (TemperatureFreeMixin, cls), {})
+    patched = copy.copy(block)
+    patched.__class__ = _TEMPERATURE_FREE[cls]
+    patched.__dict__["zimage_lab_rope"] = rope  # not a submodule: the embedder is patched on its own
+    return patched

@@ -38,6 +38,11 @@ def extend_rope(model, method, scale_mode, factor, trained_length, beta_fast=32.
                                yarn_attention)
     patched = model.clone()
     patched.add_object_patch("diffusion_model.rope_embedder", module)
+    if method == "yarn" and yarn_attention != "off":
+        # The image-only noise refiner's context does not grow with the caption: no temperature there.
+        for i in range(len(model.get_model_object("diffusion_model.noise_refiner"))):
+            name = f"diffusion_model.noise_refiner.{i}"
+            patched.add_object_patch(name, core.temperature_free(patched.get_model_object(name), module))
     return patched, module
 
 
@@ -75,7 +80,8 @@ class ZImageRoPEExtend(io.ComfyNode):
                                tooltip="YaRN only: frequencies turning fewer than this many times are fully interpolated."),
                 io.Combo.Input("yarn_attention", options=list(core.YARN_ATTENTION), default="all dims", optional=True,
                                tooltip="YaRN only: where the temperature m = 0.1 ln(s) + 1 goes. 'all dims' scales q and k by m "
-                                       "(logits by m^2, YaRN's recipe); 'text axis dims' only the 32 text-axis dims; 'off' none."),
+                                       "(logits by m^2, YaRN's recipe); 'text axis dims' only the 32 text-axis dims; 'off' none. The "
+                                       "image-only noise refiner never gets it (its context does not grow)."),
             ],
             outputs=[
                 io.Model.Output("MODEL", tooltip="The patched clone."),

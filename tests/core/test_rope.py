@@ -118,3 +118,26 @@ def test_bad_settings_name_the_input(kwargs, words):
     args = {"method": "linear", "factor": 2.0, "trained_length": 512, **kwargs}
     with pytest.raises(ValueError, match=words):
         rope.validate(**args)
+
+
+class Block(torch.nn.Module):
+    """Stands in for a NextDiT block: returns the rotation it attends with."""
+
+    def forward(self, x, x_mask, freqs_cis, adaln_input=None, **kwargs):
+        return freqs_cis
+
+
+@pytest.mark.parametrize("attention", ["all dims", "text axis dims"])
+def test_noise_refiner_copies_attend_without_the_temperature(attention):
+    inner = PlainEmbedND()
+    ext = rope.ExtendedRoPE(inner, [32, 48, 48], 256.0, "yarn", 4.0, yarn_attention=attention)
+    off = rope.ExtendedRoPE(inner, [32, 48, 48], 256.0, "yarn", 4.0, yarn_attention="off")
+    caption = ext(caption_ids(64)).movedim(1, 2)
+    image = ext(image_ids(64)).movedim(1, 2)
+    plain = off(image_ids(64)).movedim(1, 2)
+    assert not torch.equal(image, plain)  # the main layers get the temperature
+    block = rope.temperature_free(Block(), ext)
+    assert torch.equal(block(None, None, image), plain)  # the noise refiner does not
+    assert torch.equal(block(None, None, caption), caption)  # anything else passes unchanged
+    again = rope.temperature_free(block, off)  # a second extender re-wraps the original class
+    assert type(again).__mro__[2] is Block and again.zimage_lab_rope is off
