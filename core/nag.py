@@ -12,6 +12,9 @@ output is extrapolated away from the negative, capped and blended (per token, ov
 ComfyUI's NextDiT runs one joint sequence per image, caption first: ``[caption (padded to 32),
 image (padded to 32)]``. The image tokens are therefore the LAST ``img_len`` positions; slicing
 the first ``img_len`` (as ports written for image-first models do) guides the caption instead.
+Of those, only the first ``h * w`` are patches of the image: the rest are the learned
+``x_pad_token`` rows that fill the sequence to a multiple of 32. They are dropped at the end but
+attended in every layer, so NAG leaves them as the positive pass computes them (guide_image).
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ def nag_guidance(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: fl
     ratio = norm_guided / norm_pos
     guided = guided * (ratio.clamp(max=tau) / ratio)
     return (guided * alpha + pos * (1.0 - alpha)).to(z_pos.dtype)
+
+
+def guide_image(z_img: torch.Tensor, z_neg_img: torch.Tensor, rows: torch.Tensor, patches: int, scale: float,
+                tau: float, alpha: float) -> torch.Tensor:
+    """NAG on the first ``patches`` image tokens of the guided rows; padding tokens and other rows keep Z+."""
+    if not 0 < patches <= z_img.shape[1]:
+        raise ValueError(f"{patches} image patches do not fit {z_img.shape[1]} image tokens")
+    guided = nag_guidance(z_img[:, :patches], z_neg_img[:, :patches], scale, tau, alpha)
+    guided = torch.cat((guided, z_img[:, patches:]), dim=1)
+    return torch.where(rows.to(z_img.device)[:, None, None], guided, z_img)
 
 
 def image_tokens(sequence: torch.Tensor, img_len: int) -> torch.Tensor:

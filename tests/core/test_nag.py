@@ -65,3 +65,14 @@ def test_settings_are_validated():
                        ((5.0, 2.5, 1.5, 0.0), "alpha"), ((5.0, 2.5, 0.25, -1.0), "end_sigma")):
         with pytest.raises(ValueError, match=word):
             nag.validate(*args)
+
+
+def test_only_image_patches_of_guided_rows_are_guided():
+    z_pos, z_neg = _z(7, (3, 10, 8)), _z(8, (3, 10, 8))
+    rows = torch.tensor([True, False, True])
+    out = nag.guide_image(z_pos, z_neg, rows, 6, 4.0, 2.0, 0.5)
+    assert torch.equal(out[:, 6:], z_pos[:, 6:])  # padding tokens keep the positive
+    assert torch.equal(out[1], z_pos[1])  # unguided row
+    assert torch.equal(out[[0, 2], :6], nag.nag_guidance(z_pos[[0, 2], :6], z_neg[[0, 2], :6], 4.0, 2.0, 0.5))
+    with pytest.raises(ValueError, match="do not fit"):
+        nag.guide_image(z_pos, z_neg, rows, 11, 4.0, 2.0, 0.5)
