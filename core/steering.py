@@ -15,6 +15,13 @@ times larger than content tokens, so including them would let the template domin
 Applying a vector adds ``alpha * v`` to tokens; several vectors compose by adding. Vectors are
 stored as safetensors with their provenance (layer, template, space, prompt counts, norm) in the
 file's metadata, and load back bit for bit.
+
+Layers are numbered as everywhere in the pack (core.encoder): like transformers' ``hidden_states``,
+-1 is the last layer after Qwen3's final norm and -2 what Z-Image reads (= CLIPTextEncode). The
+metadata key ``layer_numbering`` says so ("hidden_states"). Files written before it existed were
+read through ComfyUI's ``clip_layer``, which agrees for -2 ... -n but takes -1 as the last layer
+BEFORE the final norm, and 0 ... n-1 as decoder outputs counted from the front: such a vector
+keeps its layer, and ``pack_layer`` says which pack layer it is (None where there is none).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ FORMAT = "zimage_lab.steering_vector/1"
 TENSOR_KEY = "steering_vector"
 SPACES = ("embedding", "refined")
 SCOPES = ("content tokens", "all tokens")
+NUMBERING = "hidden_states"
+"""Layer numbering of vectors built now (the pack's); "clip_layer" marks files from before it."""
+LEGACY_NUMBERING = "clip_layer"
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +55,7 @@ class SteeringVector:
     normalized: bool = False
     raw_norm: float = 0.0  # norm of mean(A) - mean(B) before any normalisation
     name: str = ""  # file it was loaded from, if any
+    numbering: str = NUMBERING  # how `layer` counts (see the module notes)
 
     @property
     def width(self) -> int:
@@ -60,6 +71,7 @@ class SteeringVector:
             "format": FORMAT,
             "space": self.space,
             "layer": str(self.layer),
+            "layer_numbering": self.numbering,
             "template": self.template,
             "width": str(self.width),
             "count_a": str(len(self.prompts_a)),
@@ -71,16 +83,31 @@ class SteeringVector:
             "raw_norm": repr(float(self.raw_norm)),
         }
 
+    @property
+    def pack_layer(self) -> int | None:
+        """The layer in the pack's numbering, or None for a legacy clip_layer with no equivalent."""
+        if self.numbering == NUMBERING or self.layer <= -2:
+            return self.layer
+        return None
+
+    def layer_label(self) -> str:
+        """'-2', or 'clip_layer -1 (...)' for a legacy layer the pack's encoders cannot produce."""
+        if self.pack_layer is not None:
+            return str(self.layer)
+        where = "the last layer before the final norm" if self.layer == -1 else f"decoder layer {self.layer}'s output"
+        return f"clip_layer {self.layer} ({where}; saved before the pack used one layer numbering)"
+
     def describe(self) -> str:
         """One line for a node's report."""
         label = f"'{self.name}' " if self.name else ""
-        return (f"steering vector {label}({self.space} space, width {self.width}, layer {self.layer}): "
+        return (f"steering vector {label}({self.space} space, width {self.width}, layer {self.layer_label()}): "
                 f"norm {self.norm:.4g}{' (normalised, raw ' + format(self.raw_norm, '.4g') + ')' if self.normalized else ''}, "
                 f"{len(self.prompts_a)} A prompts - {len(self.prompts_b)} B prompts")
 
     def record(self) -> dict:
         """JSON-able provenance (no tensor) for extras["zimage_lab"] and info outputs."""
-        return {"name": self.name, "space": self.space, "layer": self.layer, "template": self.template,
+        return {"name": self.name, "space": self.space, "layer": self.layer, "layer_numbering": self.numbering,
+                "template": self.template,
                 "width": self.width, "norm": self.norm, "raw_norm": float(self.raw_norm),
                 "normalized": self.normalized, "count_a": len(self.prompts_a), "count_b": len(self.prompts_b)}
 
@@ -181,7 +208,8 @@ def from_metadata(tensor: torch.Tensor, meta: dict[str, str], name: str = "") ->
         vector = SteeringVector(
             tensor, int(meta["layer"]), meta["template"], meta["space"],
             tuple(json.loads(meta["prompts_a"])), tuple(json.loads(meta["prompts_b"])),
-            meta["normalized"] == "true", float(meta["raw_norm"]), name)
+            meta["normalized"] == "true", float(meta["raw_norm"]), name,
+            meta.get("layer_numbering", LEGACY_NUMBERING))
     except (KeyError, ValueError) as err:
         raise ValueError(f"steering vector {name!r} has incomplete metadata ({err})") from None
     if tensor.ndim != 1 or int(meta["width"]) != vector.width:
@@ -189,7 +217,26 @@ def from_metadata(tensor: torch.Tensor, meta: dict[str, str], name: str = "") ->
                          f"{meta['width']}: the file is damaged")
     if vector.space not in SPACES:
         raise ValueError(f"steering vector {name!r} has unknown space {vector.space!r}")
+    if vector.numbering not in (NUMBERING, LEGACY_NUMBERING):
+        raise ValueError(f"steering vector {name!r} has unknown layer_numbering {vector.numbering!r}")
     return vector
+
+
+def layer_mismatch(vector: SteeringVector, record: dict) -> str | None:
+    """A warning when the vector's layer is not the one a conditioning was encoded at (record: its metadata)."""
+    label = f"vector {vector.name or ''}".rstrip()
+    if vector.pack_layer is None:
+        return (f"{label} was made at {vector.layer_label()}, a layer no encoder of the pack produces: "
+                "rebuild it with Build Steering Vector")
+    if record.get("layer") is None and record.get("layer_blend"):
+        return (f"{label} was made at layer {vector.layer} but the conditioning is a blend of layers "
+                f"{record['layer_blend']}: directions of different layers do not match")
+    layer = record.get("layer", -2)
+    if isinstance(layer, int) and layer != vector.pack_layer:
+        assumed = "" if "layer" in record else " (assumed: stock encoders use -2)"
+        return (f"{label} was made at layer {vector.layer} but the conditioning was encoded at layer {layer}{assumed}: "
+                "directions of different layers do not match")
+    return None
 
 
 def check_width(vector: SteeringVector, width: int, what: str) -> None:

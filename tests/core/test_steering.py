@@ -132,3 +132,30 @@ def test_adding_to_content_tokens_leaves_template_tokens_bitwise():
     assert torch.equal(out[:, :3], tokens[:, :3]) and torch.equal(out[:, 7:], tokens[:, 7:])
     assert torch.equal(out[:, 3:7], tokens[:, 3:7] + delta)
     assert torch.equal(st.add_to_tokens(tokens, delta, None), tokens + delta)
+
+
+def test_layers_use_the_packs_numbering_and_old_files_stay_readable(tmp_path):
+    v = _vector(width=4, layer=-1)
+    assert v.metadata()["layer_numbering"] == "hidden_states" and v.pack_layer == -1
+    path = tmp_path / "old.safetensors"
+    meta = {k: val for k, val in v.metadata().items() if k != "layer_numbering"}  # a file saved before the key
+    save_file({st.TENSOR_KEY: v.vector}, str(path), metadata=meta)
+    old = st.load_vector(str(path))
+    assert old.numbering == "clip_layer" and old.pack_layer is None  # clip_layer -1: before the final norm
+    assert "clip_layer -1" in old.describe()
+    assert "no encoder of the pack produces" in st.layer_mismatch(old, {"layer": -1})
+    meta["layer"] = "-3"
+    save_file({st.TENSOR_KEY: v.vector}, str(path), metadata=meta)
+    assert st.load_vector(str(path)).pack_layer == -3  # -2 ... -n mean the same in both numberings
+    meta["layer_numbering"] = "counted somehow"
+    save_file({st.TENSOR_KEY: v.vector}, str(path), metadata=meta)
+    with pytest.raises(ValueError, match="unknown layer_numbering"):
+        st.load_vector(str(path))
+
+
+def test_layer_mismatch_fires_for_other_layers_and_blends():
+    v = _vector(layer=-1)
+    assert st.layer_mismatch(v, {"layer": -1}) is None
+    assert "encoded at layer -2" in st.layer_mismatch(v, {"layer": -2})
+    assert "assumed: stock encoders use -2" in st.layer_mismatch(v, {})
+    assert "blend of layers" in st.layer_mismatch(v, {"layer": None, "layer_blend": [[-2, 0.5], [-1, 0.5]]})
