@@ -56,11 +56,17 @@ def validate_mode(mode: str) -> None:
 
 
 def step_window(sigmas: torch.Tensor, start_step: int, end_step: int) -> tuple[float, float]:
-    """(high, low): evaluations at sigma with low < sigma <= high lie in steps [start_step, end_step).
+    """(high, low) = (sigmas[start_step], sigmas[end_step]): the noise levels of steps [start_step, end_step).
 
     Steps count over the schedule actually run (``sigmas`` has steps + 1 values ending at 0); an
-    end_step past the last step means 'to the end'. Evaluations a sampler makes between two
-    sigmas (Heun, 2S samplers) belong to the step they start from.
+    end_step past the last step means 'to the end'. The window is a noise-level interval: an
+    evaluation is in it when low < sigma <= high (in_window), whatever step made it. Evaluations
+    strictly between two sigmas (2S / SDE midpoints) thus belong to the step they start from; an
+    evaluation exactly at a schedule sigma belongs to the step that starts there, so Heun's second
+    evaluation of step i (made at sigmas[i + 1]) counts with step i + 1: the one of step
+    start_step - 1 (at high) is averaged, the one of step end_step - 1 (at low) is not. A sampler
+    hook sees only sigma, and at sigmas[i + 1] Heun's correction and the next step's first
+    evaluation are indistinguishable, so no step-based rule could be kept for every sampler.
     """
     steps = len(sigmas) - 1
     if start_step < 0 or end_step < 0:
