@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import validation
+
 UNITS = ("word", "token")
+MAX_VARIANTS = 256
+"""Most shortened prompts one attribution samples (each is one more image): bounds the work of a long prompt."""
 WORD = re.compile(r"\w+(?:['\-]\w+)*")
 
 
@@ -71,6 +75,14 @@ def word_variants(prompt: str, extra_words: list[str] = ()) -> list[Variant]:
         variants.append(Variant(prompt[start:end], "word", i, text=remove_span(prompt, start, end), span=(start, end)))
     variants += requested_variants(prompt, extra_words)
     return variants
+
+
+def check_work(prompt: str, unit: str, token_count: int, extra_words: list[str]) -> None:
+    """ValueError naming the input when the prompt would make more than MAX_VARIANTS shortened prompts."""
+    validation.bounded_text(extra_words and ",".join(extra_words) or "", "extra_words", 20 * MAX_VARIANTS)
+    units = len(word_spans(prompt)) if unit == "word" else token_count
+    validation.bounded_count(units + len(extra_words), "prompt" if units else "extra_words", MAX_VARIANTS,
+                             f"{unit}s to leave out" if units else "words", "each is one more sampled image")
 
 
 def requested_variants(prompt: str, extra_words: list[str]) -> list[Variant]:

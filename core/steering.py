@@ -125,6 +125,11 @@ def split_template(template: str) -> tuple[str, str]:
     if template.count("{}") != 1:
         raise ValueError(f"template must contain the placeholder '{{}}' exactly once (it has {template.count('{}')}): "
                          "e.g. <|im_start|>user\\n{}<|im_end|>\\n<|im_start|>assistant\\n")
+    try:
+        template.format("")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("template has braces other than the one {} placeholder (ComfyUI fills it with str.format): "
+                         "write other braces doubled, {{ and }}") from None
     prefix, suffix = template.split("{}")
     return prefix, suffix
 

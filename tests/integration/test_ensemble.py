@@ -203,3 +203,23 @@ def test_one_seed_with_real_cfg_equals_the_sampler(lab):
     assert torch.equal(latent(lab, result, "21"), latent(lab, result, "9"))
     two = latent(lab, result, "31")
     assert two.shape[0] == 2 and float((two[0] - two[1]).abs().max()) < 1e-5  # averaged after CFG: one image
+
+
+def test_heun_evaluations_at_the_window_edges_follow_their_noise_level(lab):
+    """The window is the noise-level interval (sigmas[end_step], sigmas[start_step]] (step_window's
+    docstring): Heun's second evaluation of step i, made at sigmas[i + 1], counts with step i + 1."""
+    api = base_graph(size=32)
+    api["20"] = ensemble(["1", 0], "1, 2", "prediction average", steps=4, sampler_name="heun", start_step=1, end_step=3)
+    api["21"] = save("20", 0, "heun_window")
+    result = lab.run(api)
+    trace = result.outputs["20"]["evaluations"]
+    evaluated = [e["sigma"] for e in trace]
+    # heun: two evaluations per step (at sigma_i, then sigma_{i+1}) except the last, which ends at 0
+    assert len(evaluated) == 7
+    steps_sigmas = [evaluated[0], evaluated[2], evaluated[4], evaluated[6]]
+    assert np.allclose(evaluated[1], steps_sigmas[1]) and np.allclose(evaluated[5], steps_sigmas[3])
+    high, low = steps_sigmas[1], steps_sigmas[3]
+    expected = [low < s <= high for s in evaluated]
+    assert [e["averaged"] for e in trace] == expected
+    # the edges: step 0's correction (at sigma_1) is in, step 2's correction (at sigma_3) is out
+    assert expected == [False, True, True, True, True, False, False]

@@ -274,3 +274,36 @@ def test_a_second_extender_replaces_the_first(lab):
     lab.run(graph)
     for call in read_calls(lab, "rope_probe/chained")[:2]:
         assert torch.allclose(call["freqs"], expected_freqs(call["ids"], "ntk", 3.0), atol=2e-5)
+
+
+def _noise_refiner_outputs(lab, ext_node, label):
+    """Outputs of the noise-refiner blocks in the first model call, with a 1000-token caption."""
+    graph = base_graph(long_prompt(1000))
+    model_ref = ["1", 0]
+    if ext_node is not None:
+        graph["20"] = ext_node
+        model_ref = ["20", 0]
+    graph["t"] = {"class_type": "ZImageLabTestBlockTrace", "inputs": {"model": model_ref, "label": label,
+                                                                       "record_tensors": True}}
+    graph["9k"] = {"class_type": "KSampler", "inputs": {
+        "model": ["t", 0], "seed": 3, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}}
+    graph["r"] = {"class_type": "ZImageLabTestTraceReport", "inputs": {"samples": ["9k", 0], "label": label}}
+    out = lab.run(graph).outputs["r"]
+    tensors = load_file(str(lab.output / out["tensor_files"][0]))
+    return {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith("0.") and "noise_refiner" in k}
+
+
+def test_yarn_temperature_leaves_the_image_only_noise_refiner_unchanged(lab):
+    """The noise refiner attends over image tokens only; a long caption must not change its output."""
+    stock = _noise_refiner_outputs(lab, None, "nr_stock")
+    off = _noise_refiner_outputs(lab, extender(["1", 0], "yarn", "fit to prompt", yarn_attention="off"), "nr_off")
+    for attention in ("all dims", "text axis dims"):
+        hot = _noise_refiner_outputs(lab, extender(["1", 0], "yarn", "fit to prompt", yarn_attention=attention),
+                                     f"nr_{attention[:3]}")
+        assert sorted(hot) == sorted(stock) and len(hot) == 4  # 2 blocks, input and output
+        for key in hot:
+            # the same rotation as without the temperature, bit for bit ...
+            assert torch.equal(hot[key], off[key]), (attention, key, float((hot[key] - off[key]).abs().max()))
+            # ... and what the stock model computes up to rounding: image tokens share axis-0 position
+            assert torch.allclose(hot[key], stock[key], atol=1e-4, rtol=1e-4), (attention, key)

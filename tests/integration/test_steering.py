@@ -227,3 +227,39 @@ def test_vector_from_another_layer_warns_when_applied(lab):
     result = lab.run(api)
     text = "\n".join(result.outputs["20"]["text"])
     assert "made at layer -4" in text and "encoded at layer -2" in text
+
+
+def test_layer_numbering_is_the_encoders_at_every_layer(lab):
+    """A vector built at layer -1 (and -3) is the difference of the Qwen3 Encoder's conditionings at that
+    layer, pooled over the prompt's tokens: one numbering (-1 = after the final norm) for the pack.
+    Applying it to encoder conditioning of the same layer gives no warning; of another layer, one."""
+    a, b = "an oil painting of a cat", "a photo of a cat"
+    for layer in (-1, -3):
+        api = {**_loaders(), "10": _build(a, b, layer=layer),
+               "11": {"class_type": "ZImageLabSteeringVectorSave", "inputs": {"vector": ["10", 0],
+                                                                              "filename_prefix": f"t/numbering{-layer}"}}}
+        for nid, text in (("20", a), ("21", b)):
+            api[nid] = {"class_type": "ZImageLabQwen3Encode", "inputs": {
+                "clip": ["2", 0], "text": text, "layer": layer, "layer_blend": "", "long_prompt_mode": "none",
+                "token_budget": 512}}
+            api[nid + "s"] = {"class_type": "ZImageLabTestSaveConditioning",
+                              "inputs": {"conditioning": [nid, 0], "filename_prefix": f"numbering_{nid}"}}
+        api["30"] = {"class_type": "ZImageLabSteeringApply", "inputs": {
+            "conditioning": ["20", 0], "vector": ["10", 0], "alpha": 1.0, "scope": "content tokens"}}
+        api["31"] = {"class_type": "ZImageLabSteeringApply", "inputs": {
+            "conditioning": ["3", 0], "vector": ["10", 0], "alpha": 1.0, "scope": "content tokens"}}
+        api["32"] = {"class_type": "ZImageLabTestSaveConditioning",
+                     "inputs": {"conditioning": ["30", 0], "filename_prefix": "numbering_30"}}
+        api["33"] = {"class_type": "ZImageLabTestSaveConditioning",
+                     "inputs": {"conditioning": ["31", 0], "filename_prefix": "numbering_31"}}
+        result = lab.run(api)
+        pooled = []
+        for nid in ("20s", "21s"):
+            tokens = load_file(str(lab.output / result.outputs[nid]["files"][0]))["0.tokens"]
+            start, end = json.loads(result.outputs[nid]["meta"][0])[0]["content_span"]
+            pooled.append(tokens[0, start:end].double().mean(0))
+        vector, meta = _vector_file(lab, result.outputs["11"]["vector_name"][0])
+        assert meta["layer"] == str(layer) and meta["layer_numbering"] == "hidden_states"
+        assert torch.allclose(vector.double(), pooled[0] - pooled[1], atol=1e-5, rtol=1e-5), layer
+        assert not any("made at layer" in t for t in result.outputs["30"]["text"])  # same layer: no warning
+        assert any(f"made at layer {layer}" in t and "encoded at layer -2" in t for t in result.outputs["31"]["text"])
