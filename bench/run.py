@@ -567,7 +567,7 @@ class Bench:
 
         latent = {"samples": torch.zeros(batch, 16, size // 8, size // 8)}
         positive = self.conditioning(batch)
-        negative = self.sampler.zero_negative(positive)
+        negative = importlib.import_module("zimage_lab.nodes._internals.sampling").zero_out(positive)
         reference = None
         for path in paths:
             if path == "stock KSampler":

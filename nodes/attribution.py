@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import comfy.samplers
-import comfy.utils
-import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
@@ -14,18 +11,14 @@ from ..core import attribution as core
 from ..core import conditioning as core_cond
 from ..core import sampler as core_sampler
 from . import CATEGORY
+from ._internals.sampling import SAMPLERS, SCHEDULERS, patch_shift, previewer, schedule_of
+from ._internals.server import progress_bar
+from ._internals.text import hf_tokenizer
 from .ensemble import sample_rows
-from .sampler import check_inputs, patch_shift, schedule_of
+from .sampler import check_inputs
 from .trajectory import decode
 
 SUBCATEGORY = f"{CATEGORY}/research"
-
-
-def hf_tokenizer(clip):
-    """The transformers tokenizer inside a ComfyUI CLIP (for token labels), or None."""
-    outer = clip.tokenizer
-    inner = getattr(outer, getattr(outer, "clip", ""), None)
-    return getattr(inner, "tokenizer", None)
 
 
 def token_ids(tokens: dict) -> tuple:
@@ -76,8 +69,8 @@ class PassProgress:
 
     def __init__(self, model, steps: int, passes: int):
         self.steps, self.offset = steps, 0
-        self.bar = comfy.utils.ProgressBar(steps * passes)
-        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        self.bar = progress_bar(steps * passes)
+        self.previewer = previewer(model)
 
     def callback(self):
         offset = self.offset
@@ -114,8 +107,8 @@ class TokenAttribution(io.ComfyNode):
                              tooltip="Seed shared by the full prompt and every shortened prompt."),
                 io.Int.Input("steps", default=8, min=1, max=10000, tooltip="Sampling steps (8 for Turbo)."),
                 io.Float.Input("shift", default=3.0, min=0.01, max=100.0, step=0.01, round=0.001, tooltip="Flow time shift (3.0 for Turbo)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="res_multistep", tooltip="Any ComfyUI sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Sigma scheduler."),
+                io.Combo.Input("sampler_name", options=SAMPLERS, default="res_multistep", tooltip="Any ComfyUI sampler."),
+                io.Combo.Input("scheduler", options=SCHEDULERS, default="simple", tooltip="Sigma scheduler."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance (1.0 for Turbo)."),
                 io.Combo.Input("unit", options=list(core.UNITS), default="word",
                                tooltip="word: leave out each word (re-encoding the shortened text). token: leave out each of the prompt's tokens."),

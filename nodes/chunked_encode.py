@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import comfy.utils
 from comfy_api.latest import io
 
 from ..core import chunked_encode as core
 from ..core import conditioning as cc
 from . import CATEGORY
+from ._internals.server import progress_bar
 
 
 def prompt_tokens(clip, text: str):
@@ -48,7 +48,7 @@ def chunked_encode(clip, text: str, window: int, overlap: int, join: str):
     if len(windows) == 1:
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))  # exactly CLIPTextEncode
         return [[t, cc.with_metadata(e, **record)] for t, e in conditioning], n, core.describe(n, windows, join)
-    bar = comfy.utils.ProgressBar(len(windows))
+    bar = progress_bar(len(windows))
     encoded = []
     for tokens in core.window_tokens(pairs, windows, n_prefix, n_suffix):
         encoded.append(encode_one(clip, key, tokens))

@@ -6,13 +6,15 @@ import json
 import logging
 import os
 
-import comfy.model_management
 from comfy_api.latest import io
 
 from ..core import conditioning as cond
 from ..core import encoder as core
 from ..core import formatter
 from . import CATEGORY
+from ._internals import server
+from ._internals.models import intermediate_device
+from ._internals.text import StockQwen3, has_scheduled_hooks, is_stock_qwen3
 
 CACHE_MB = int(os.environ.get("ZIMAGE_LAB_ENCODER_CACHE_MB", "1024"))
 CACHE = core.HiddenStateCache(CACHE_MB * 2**20)
@@ -25,48 +27,16 @@ def _first_batch(tokens: dict) -> list:
     return [entry for batch in batches for entry in batch]
 
 
-class StockQwen3:
-    """ComfyUI's own Qwen3 CLIP (CLIPLoader type lumina2): all hidden states from one encode_from_tokens."""
-
-    def __init__(self, clip):
-        self.clip = clip
-        self.inner = clip.cond_stage_model.qwen3_4b
-        self.owner = clip.cond_stage_model
-        self.num_layers = int(self.inner.num_layers)
-        self.name = "comfyui"
-
-    def identity(self) -> tuple:
-        options = json.dumps(self.clip.tokenizer_options, sort_keys=True, default=str)
-        return ("comfyui", str(self.clip.patcher.patches_uuid), options)
-
-    def tokenize_exact(self, text: str) -> dict:
-        return self.clip.tokenize(text, llama_template="{}")
-
-    def hidden_states(self, tokens: dict):
-        # ComfyUI's Llama2_ collects x before every listed layer and the normed output for index n,
-        # which are transformers' hidden_states[0..n]; the layers are computed exactly as for one layer.
-        clip = self.clip.clone()
-        clip.clip_layer(list(range(self.num_layers + 1)))
-        try:
-            out = clip.encode_from_tokens(tokens, return_dict=True)
-        finally:
-            self.clip.cond_stage_model.reset_clip_options()
-        return out["cond"], out.get("attention_mask")
-
-    def project(self, tokens):
-        return tokens
-
-
 def adapter_for(clip):
     """Our view of a CLIP input: ComfyUI's Qwen3, or a transformers Qwen3 from ZImageLabHFQwen3Loader."""
     if clip is None:
         raise ValueError("clip is not connected: load Qwen3-4B with CLIPLoader (type lumina2) or Load HF Qwen3")
     if getattr(clip, "zimage_lab_encoder", False):
         return clip
-    if not hasattr(getattr(clip, "cond_stage_model", None), "qwen3_4b"):
+    if not is_stock_qwen3(clip):
         raise ValueError("clip is not a Qwen3 text encoder: load qwen_3_4b.safetensors with CLIPLoader type lumina2 "
                          "(Z-Image's encoder), or a Hugging Face Qwen3 folder with Load HF Qwen3")
-    if getattr(clip.patcher, "forced_hooks", None) is not None:
+    if has_scheduled_hooks(clip):
         raise ValueError("clip carries scheduled hooks (CLIP Set Hooks), which this encoder does not apply: "
                          "use CLIPTextEncode for hooked text encoders")
     return StockQwen3(clip)
@@ -124,7 +94,7 @@ def encode(clip, text: str, layer: int = core.DEFAULT_LAYER, layer_blend: str = 
     if encoded.attention_mask is not None:
         extras["attention_mask"] = encoded.attention_mask
     extras = cond.with_tokens(cond.with_metadata(extras, **record), fitted.tokens)
-    out = fitted.tokens.to(comfy.model_management.intermediate_device())
+    out = fitted.tokens.to(intermediate_device())
     return [[out, extras]], encoded.token_count, record
 
 
@@ -197,12 +167,11 @@ class Qwen3Encode(io.ComfyNode):
 
 def on_load() -> None:
     """GET /zimage_lab/encoder_cache (counts of forward passes and hits) and POST .../clear."""
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
+    from aiohttp import web
+
+    routes = server.routes()
+    if routes is None:  # loaded without a web server: nothing to serve
         return
-    routes = PromptServer.instance.routes
 
     @routes.get("/zimage_lab/encoder_cache")
     async def cache_stats(request):

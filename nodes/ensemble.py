@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import comfy.sample
-import comfy.samplers
-import comfy.utils
-import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
 from ..core import ensemble as core
 from ..core import sampler as core_sampler
 from . import CATEGORY
-from .sampler import check_inputs, patch_shift, schedule_of, zero_negative
+from ._internals.sampling import SAMPLERS, SCHEDULERS, patch_shift, sample_seeds, schedule_of, zero_out
+from .sampler import check_inputs
 
 SUBCATEGORY = f"{CATEGORY}/research"
 
@@ -30,22 +27,9 @@ def sample_rows(model, positive, negative, latent, seeds, steps, shift, sampler_
     if patch is not None:
         patch(shifted)
     if negative is None:
-        negative = zero_negative(positive)
-    latent_image = comfy.sample.fix_empty_latent_channels(shifted, latent["samples"], latent.get("downscale_ratio_spacial"))
-    batch_inds = latent.get("batch_index")
-    noise = torch.cat([comfy.sample.prepare_noise(latent_image, seed, batch_inds) for seed in seeds])
-    if len(seeds) > 1:
-        latent_image = latent_image.repeat(len(seeds), *([1] * (latent_image.ndim - 1)))
-    if callback is None:
-        callback = latent_preview.prepare_callback(shifted, steps)
-    samples = comfy.sample.sample(shifted, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                                  denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
-                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seeds[0])
-    out = latent.copy()
-    out.pop("downscale_ratio_spacial", None)
-    if len(seeds) > 1:
-        out.pop("batch_index", None)
-    out["samples"] = samples
+        negative = zero_out(positive)
+    out = sample_seeds(shifted, positive, negative, latent, seeds, steps, cfg, sampler_name, scheduler, denoise,
+                       callback)
     return out, shifted
 
 
@@ -108,9 +92,9 @@ class EnsembleSampler(io.ComfyNode):
                 io.Int.Input("steps", default=8, min=1, max=10000, tooltip="Sampling steps; Z-Image-Turbo is distilled for 8."),
                 io.Float.Input("shift", default=3.0, min=0.01, max=100.0, step=0.01, round=0.001,
                                tooltip="Flow time shift, as in the Z-Image Sampler (3.0 for Turbo)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="res_multistep",
+                io.Combo.Input("sampler_name", options=SAMPLERS, default="res_multistep",
                                tooltip="Any ComfyUI sampler. With ancestral/SDE samplers the per-step noise of the whole batch comes from the first seed."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                io.Combo.Input("scheduler", options=SCHEDULERS, default="simple",
                                tooltip="Sigma scheduler."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance; the average is taken after CFG. 1.0 for Turbo."),

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..core import formatter as core
 from . import CATEGORY
+from ._internals.text import tokenize_exact
 
 PACK_PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets", "system_prompts")
 NO_PRESET = "none"
@@ -35,10 +36,7 @@ def count_tokens(text: str) -> int:
     so this counts what the encoder will actually see, not the raw Qwen tokenizer's count. The
     tokenizer is the one the live prompt inspector uses (nodes/inspector.py), loaded once.
     """
-    from .inspector import z_image_tokenizer
-
-    tokens = z_image_tokenizer().tokenize_with_weights(text, llama_template="{}")
-    return sum(len(batch) for batch in tokens["qwen3_4b"])
+    return len(tokenize_exact(text))
 
 
 class PromptFormatter(io.ComfyNode):

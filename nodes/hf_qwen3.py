@@ -5,9 +5,6 @@ from __future__ import annotations
 import copy
 import os
 
-import comfy.model_management as mm
-import comfy.model_patcher
-import comfy.sd1_clip
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -16,6 +13,8 @@ from ..core import encoder as core_encoder
 from ..core.conditioning import DEFAULT_TEMPLATE
 from ..core import hf_qwen3 as core
 from . import CATEGORY
+from ._internals import models
+from ._internals.text import FrontEnd
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
@@ -38,21 +37,7 @@ def pick_dtype(choice: str, device) -> torch.dtype:
     """float32 on the CPU, bfloat16 on accelerators that support it, unless chosen."""
     if choice != "auto":
         return core.DTYPES[choice]
-    if mm.is_device_cpu(device):
-        return torch.float32
-    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float16
-
-
-class FrontEnd(comfy.sd1_clip.SDTokenizer):
-    """ComfyUI's tokenizer front end (\\( un-escaping, embedding:name) over the folder's own tokenizer."""
-
-    def __init__(self, folder: str, width: int, pad_token: int):
-        from transformers import AutoTokenizer
-
-        super().__init__(folder, pad_with_end=False, embedding_directory=folder_paths.get_folder_paths("embeddings"),
-                         embedding_size=width, embedding_key="qwen3", tokenizer_class=AutoTokenizer,
-                         has_start_token=False, has_end_token=False, pad_to_max_length=False, max_length=99999999,
-                         min_length=1, pad_token=pad_token)
+    return models.default_dtype(device)
 
 
 class _Holder(torch.nn.Module):
@@ -83,11 +68,11 @@ class HFQwen3CLIP:
     @classmethod
     def load(cls, folder: str, name: str, dtype_choice: str = "auto") -> "HFQwen3CLIP":
         config = core.read_config(folder)
-        load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
+        load_device, offload_device = models.text_encoder_devices()
         model = core.load_folder(folder, pick_dtype(dtype_choice, load_device))
         pad = config.get("pad_token_id") or config.get("bos_token_id") or 151643
         front_end = FrontEnd(folder, core.hidden_size(model), pad)
-        patcher = comfy.model_patcher.ModelPatcher(_Holder(model), load_device=load_device, offload_device=offload_device)
+        patcher = models.model_patcher(_Holder(model), load_device, offload_device)
         return cls(model, front_end, f"transformers:{name}", patcher)
 
     # --- what our encoder node uses
@@ -117,7 +102,7 @@ class HFQwen3CLIP:
         else:
             hidden = core.hidden_states(self.model, inputs_embeds=self._embeds(entries, device))
         mask = torch.ones(1, len(entries), dtype=torch.long)
-        return hidden.to(mm.intermediate_device()), mask
+        return hidden.to(models.intermediate_device()), mask
 
     def _embeds(self, entries, device) -> torch.Tensor:
         """Input embeddings with ComfyUI textual-inversion vectors spliced in where the tokenizer put them."""
@@ -159,7 +144,7 @@ class HFQwen3CLIP:
 
     def load_model(self, tokens=None):
         # full loads only: transformers' layers are not ComfyUI ops, so they cannot be partially offloaded
-        mm.load_models_gpu([self.patcher], force_full_load=True)
+        models.load_models([self.patcher], full=True)
         return self.patcher
 
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):

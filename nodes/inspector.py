@@ -9,23 +9,15 @@ loaded once, on the first request, in a worker thread; no model is loaded.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 
 from ..core import inspector as core
 from . import formatter
+from ._internals import server
+from ._internals.text import tokenize_exact, z_image_qwen_tokenizer
 
 ROUTE = "/zimage_lab/inspect"
-
-
-@functools.lru_cache(maxsize=1)
-def z_image_tokenizer():
-    """ComfyUI's ZImageTokenizer as CLIPLoader creates it (Qwen2Tokenizer files in comfy/text_encoders)."""
-    import folder_paths
-    from comfy.text_encoders.z_image import ZImageTokenizer
-
-    return ZImageTokenizer(embedding_directory=folder_paths.get_folder_paths("embeddings"))
 
 
 EMBEDDING_PIECE = "<embedding vector>"
@@ -34,10 +26,9 @@ EMBEDDING_PIECE = "<embedding vector>"
 def tokenize(text: str) -> tuple[list[tuple], str]:
     """(id, piece) per token the Z-Image encoder gets for this exact text (no template added), and the
     text those tokens spell."""
-    tokenizer = z_image_tokenizer()
-    (batch,) = tokenizer.tokenize_with_weights(text, llama_template="{}")[tokenizer.clip_name]
-    qwen = getattr(tokenizer, tokenizer.clip).tokenizer
-    tokens = [(t, qwen.decode([t])) if isinstance(t, int) else (None, EMBEDDING_PIECE) for t, _weight in batch]
+    qwen = z_image_qwen_tokenizer()
+    tokens = [(t, qwen.decode([t])) if isinstance(t, int) else (None, EMBEDDING_PIECE)
+              for t, _weight in tokenize_exact(text)]
     runs, ids = [], []
     for token_id, _piece in tokens:  # decode runs of ids whole, so characters split over tokens survive
         if token_id is None:
@@ -70,12 +61,10 @@ async def handle_inspect(request):
 
 def on_load():
     """Register the route on ComfyUI's server (served at /zimage_lab/inspect and /api/zimage_lab/inspect)."""
-    from server import PromptServer
-
-    server = getattr(PromptServer, "instance", None)
-    if server is None:  # loaded without a web server (scripts, node scanners): nothing to serve
+    routes = server.routes()
+    if routes is None:  # loaded without a web server (scripts, node scanners): nothing to serve
         return
-    server.routes.post(ROUTE)(handle_inspect)
+    routes.post(ROUTE)(handle_inspect)
 
 
 NODES = []

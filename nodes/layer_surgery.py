@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 
-import comfy.patcher_extension
-import comfy.samplers
 from comfy_api.latest import io
 
 from ..core import layer_surgery as core
 from . import CATEGORY
+from ._internals import patching
+from ._internals.sampling import calc_cond_batch, percent_to_sigma
 
 SUBCATEGORY = f"{CATEGORY}/layer surgery"
 WRAPPER_KEY = "zimage_lab_surgery"
@@ -27,14 +27,13 @@ WRAPPER_KEY = "zimage_lab_surgery"
 
 def surgery_wrapper(executor, x, t, *args, **kwargs):
     """apply_model wrapper: run this call with the DiT's blocks edited as the active Edits say."""
-    options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
-    edits = options.get(core.OPTIONS_KEY, ()) if options else ()
+    edits = patching.apply_model_options(args, kwargs).get(core.OPTIONS_KEY, ())
     if not edits:
         return executor(x, t, *args, **kwargs)
     base = executor.class_obj
     dit = base.diffusion_model
     counts = {g: len(getattr(dit, g)) for g in core.GROUPS}
-    plans = core.plan_all(edits, counts, float(t.flatten()[0]), base.model_sampling.percent_to_sigma)
+    plans = core.plan_all(edits, counts, float(t.flatten()[0]), percent_to_sigma(base))
     if not plans:
         return executor(x, t, *args, **kwargs)
     with core.swapped(dit, plans):
@@ -53,8 +52,7 @@ def block_count(model, group: str) -> int:
 def patched_clone(model, edits=()):
     """A clone of MODEL with the surgery wrapper installed (once) and these Edits appended."""
     m = model.clone()
-    if not m.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY):
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, surgery_wrapper)
+    patching.add_wrapper_once(m, patching.APPLY_MODEL, WRAPPER_KEY, surgery_wrapper)
     if edits:
         m.model_options["transformer_options"] = core.with_edits(m.model_options.get("transformer_options", {}), edits)
     return m
@@ -126,7 +124,7 @@ class SkipLayerGuidance(io.ComfyNode):
                 return guided
             options = dict(args["model_options"])
             options["transformer_options"] = core.with_edits(options.get("transformer_options", {}), [skip_edit])
-            (cond_skipped,) = comfy.samplers.calc_cond_batch(model_, [args["cond"]], args["input"], sigma, options)
+            (cond_skipped,) = calc_cond_batch(model_, [args["cond"]], args["input"], sigma, options)
             return core.guide(guided, args["cond_denoised"], cond_skipped, scale)
 
         m = patched_clone(model)

@@ -21,19 +21,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import comfy.ldm.common_dit
-import comfy.model_management
-import comfy.patcher_extension
 import torch
-from comfy.ldm.flux.math import apply_rope
-from comfy.ldm.lumina.model import apply_gate, clamp_fp16, modulate, optimized_attention_masked, pos_ids_x
 from comfy_api.latest import io
 
 from ..core import nag as core
-from ..core.refined_steering import cond_rows, padded_length
+from ..core.refined_steering import cond_rows
 from . import CATEGORY
+from ._internals import dit, patching
+from ._internals.models import cast_to_device, check_zimage_model
 from .refined_steering import STATE_KEY as REFINED_STATE_KEY
-from .refined_steering import check_zimage_model
 
 NAG_KEY = "zimage_lab_nag"
 
@@ -51,54 +47,25 @@ class NAGState:
     alpha: float
 
 
-def _project(attention, h):
-    """q, k, v of JointAttention before RoPE: [B, L, heads, head_dim] (q/k RMS-normed), as its forward does."""
-    bsz, seqlen, _ = h.shape
-    q, k, v = torch.split(attention.qkv(h), [attention.n_local_heads * attention.head_dim,
-                                             attention.n_local_kv_heads * attention.head_dim,
-                                             attention.n_local_kv_heads * attention.head_dim], dim=-1)
-    q = attention.q_norm(q.view(bsz, seqlen, attention.n_local_heads, attention.head_dim))
-    k = attention.k_norm(k.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim))
-    return q, k, v.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim)
-
-
-def _attend(attention, q, k, v, freqs, mask, options):
-    """JointAttention's forward after the projections: RoPE, GQA repeat, attention (before `out`)."""
-    q, k = apply_rope(q, k, freqs)
-    n_rep = attention.n_local_heads // attention.n_local_kv_heads
-    if n_rep >= 1:
-        k = k.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
-        v = v.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
-    return optimized_attention_masked(q.movedim(1, 2), k.movedim(1, 2), v.movedim(1, 2), attention.n_local_heads,
-                                      mask, skip_reshape=True, transformer_options=options)
-
-
-def _residual_update(block, x, z, gate_msa, scale_mlp, gate_mlp):
-    """The rest of JointTransformerBlock.forward after attention: output projection, gates, feed-forward."""
-    x = x + apply_gate(gate_msa.unsqueeze(1).tanh(), block.attention_norm2(clamp_fp16(block.attention.out(z))))
-    return x + apply_gate(gate_mlp.unsqueeze(1).tanh(), block.ffn_norm2(
-        clamp_fp16(block.feed_forward(modulate(block.ffn_norm1(x), scale_mlp)))))
-
-
 def nag_block_forward(block, state: NAGState, x, x_mask, freqs_cis, adaln_input, options):
     """One main layer with NAG: the stock computation for [caption, image], guided image attention."""
     cap_len = x.shape[1] - state.img_len
     scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(adaln_input).chunk(4, dim=1)
-    h = modulate(block.attention_norm1(x), scale_msa)
-    h_neg = modulate(block.attention_norm1(state.negative), scale_msa)
-    q, k, v = _project(block.attention, h)
-    q_n, k_n, v_n = _project(block.attention, h_neg)
-    z = _attend(block.attention, q, k, v, freqs_cis, x_mask, options)
+    h = dit.modulated_input(block, x, scale_msa)
+    h_neg = dit.modulated_input(block, state.negative, scale_msa)
+    q, k, v = dit.project_qkv(block.attention, h)
+    q_n, k_n, v_n = dit.project_qkv(block.attention, h_neg)
+    z = dit.attend(block.attention, q, k, v, freqs_cis, x_mask, options)
     # The negative path: queries and keys are [negative caption, the same image tokens].
-    z_neg = _attend(block.attention, torch.cat((q_n, q[:, cap_len:]), 1), torch.cat((k_n, k[:, cap_len:]), 1),
+    z_neg = dit.attend(block.attention, torch.cat((q_n, q[:, cap_len:]), 1), torch.cat((k_n, k[:, cap_len:]), 1),
                     torch.cat((v_n, v[:, cap_len:]), 1), state.freqs, None, options)
     z_img = core.image_tokens(z, state.img_len)
     guided = core.nag_guidance(z_img, core.image_tokens(z_neg, state.img_len), state.scale, state.tau, state.alpha)
     guided = torch.where(state.rows[:, None, None], guided, z_img)
     z = torch.cat((core.caption_tokens(z, state.img_len), guided), dim=1)
-    state.negative = _residual_update(block, state.negative, core.caption_tokens(z_neg, state.img_len),
+    state.negative = dit.residual_update(block, state.negative, core.caption_tokens(z_neg, state.img_len),
                                       gate_msa, scale_mlp, gate_mlp)
-    return _residual_update(block, x, z, gate_msa, scale_mlp, gate_mlp)
+    return dit.residual_update(block, x, z, gate_msa, scale_mlp, gate_mlp)
 
 
 class NAGBlockMixin:
@@ -128,22 +95,13 @@ def nag_copy(block: torch.nn.Module) -> torch.nn.Module:
 def negative_state(dm, x, context, negative, options, settings) -> NAGState:
     """Embed and refine the negative caption and build the RoPE of [negative caption, image] for this call."""
     batch = x.shape[0]
-    neg = comfy.model_management.cast_to_device(negative, context.device, context.dtype)
-    embeds, freqs, _ = dm.embed_cap(neg, offset=0, bsz=1, device=x.device, dtype=x.dtype)
+    neg = cast_to_device(negative, context.device, context.dtype)
     refiner_options = {k: v for k, v in options.items() if k not in (REFINED_STATE_KEY, NAG_KEY)}
-    caption = embeds[0]
-    for block in dm.context_refiner:
-        caption = block(caption, None, freqs[0], transformer_options=refiner_options)
-    # Image position ids exactly as NextDiT.embed_all makes them when the caption is the negative.
-    p = dm.patch_size
-    padded = comfy.ldm.common_dit.pad_to_patch_size(x, (p, p))
-    h_tokens, w_tokens = padded.shape[-2] // p, padded.shape[-1] // p
-    img_len = padded_length(h_tokens * w_tokens, dm.pad_tokens_multiple)
-    img_ids = pos_ids_x(caption.shape[1] + 1, h_tokens, w_tokens, 1, x.device, transformer_options=options)
-    img_ids = torch.nn.functional.pad(img_ids, (0, 0, 0, img_len - h_tokens * w_tokens))
-    img_freqs = dm.rope_embedder(img_ids).movedim(1, 2)
+    caption, caption_freqs = dit.embed_refined_caption(dm, neg, x, refiner_options)
+    # Image positions as NextDiT.embed_all makes them when the caption is the negative.
+    img_len, img_freqs = dit.image_rope(dm, x, caption.shape[1], options)
     rows = cond_rows(options.get("cond_or_uncond"), batch, x.device)
-    return NAGState(caption.repeat(batch, 1, 1), torch.cat((freqs[0], img_freqs), dim=1), img_len, rows,
+    return NAGState(caption.repeat(batch, 1, 1), torch.cat((caption_freqs, img_freqs), dim=1), img_len, rows,
                     settings["scale"], settings["tau"], settings["alpha"])
 
 
@@ -178,8 +136,7 @@ def patch_nag(model, negative_conditioning, scale: float, tau: float, alpha: flo
     if tokens.shape[-1] != dm.cap_embedder[1].in_features:
         raise ValueError(f"negative has width {tokens.shape[-1]} but the model's caption embedder expects "
                          f"{dm.cap_embedder[1].in_features}: encode it with this model's text encoder")
-    wrapper_type = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
-    if model.get_wrappers(wrapper_type, NAG_KEY):
+    if patching.has_wrapper(model, patching.DIFFUSION_MODEL, NAG_KEY):
         raise ValueError("model already has Z-Image NAG: use one NAG node per model (its negative is the one that counts)")
     patched = model.clone()
     if scale == 1.0:
@@ -188,7 +145,7 @@ def patch_nag(model, negative_conditioning, scale: float, tau: float, alpha: flo
         name = f"diffusion_model.layers.{i}"
         patched.add_object_patch(name, nag_copy(patched.get_model_object(name)))
     settings = {"scale": float(scale), "tau": float(tau), "alpha": float(alpha), "end_sigma": float(end_sigma)}
-    patched.add_wrapper_with_key(wrapper_type, NAG_KEY, make_wrapper(tokens.detach().clone(), settings))
+    patched.add_wrapper_with_key(patching.DIFFUSION_MODEL, NAG_KEY, make_wrapper(tokens.detach().clone(), settings))
     return patched
 
 

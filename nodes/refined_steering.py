@@ -2,48 +2,17 @@
 
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.patcher_extension
 import torch
 from comfy_api.latest import io
 
 from ..core import refined_steering as core
 from ..core import steering as core_steering
+from ._internals import patching
+from ._internals.models import check_zimage_model
 from .steering import SUBCATEGORY, SteeringVectorType
 
 STATE_KEY = "zimage_lab_refined_caption"
 """transformer_options key the wrapper sets for one model call: the caption's real token count."""
-
-
-def check_zimage_model(model, caption_width: int | None = None):
-    """The NextDiT of a Z-Image MODEL; ValueError naming the input otherwise."""
-    dm = model.get_model_object("diffusion_model") if model is not None else None
-    if dm is None or not all(hasattr(dm, a) for a in ("context_refiner", "cap_embedder", "layers", "cap_pad_token")):
-        raise ValueError("model is not a Z-Image (NextDiT) diffusion model: load z_image_turbo_bf16.safetensors with "
-                         "UNETLoader")
-    if caption_width is not None and dm.cap_embedder[1].in_features != caption_width:
-        raise ValueError(f"the text encoder gives width {caption_width} but the model's caption embedder expects "
-                         f"{dm.cap_embedder[1].in_features}: use the text encoder that belongs to this model")
-    return dm
-
-
-def refine_captions(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Caption tokens as the main layers see them: cap_embedder, pad to 32 with cap_pad_token, context refiner.
-
-    Runs the model's own embed_cap and context_refiner blocks (the same calls as NextDiT's
-    patchify_and_embed) on one encoded prompt; returns float32 [1, padded length, DiT width].
-    """
-    comfy.model_management.load_models_gpu([model])
-    dm = model.model.diffusion_model
-    dtype = model.model.get_dtype_inference()
-    device = model.load_device
-    context = comfy.model_management.cast_to_device(hidden, device, dtype)
-    with torch.no_grad():
-        embeds, freqs, _ = dm.embed_cap(context, offset=0, bsz=1, device=device, dtype=dtype)
-        caption = embeds[0]
-        for block in dm.context_refiner:
-            caption = block(caption, None, freqs[0], transformer_options={})
-    return caption.float().cpu()
 
 
 class RefinedCaptionSteering(torch.nn.Module):
@@ -87,9 +56,7 @@ def patch_refined_steering(model, vector, alpha: float, scope: str):
     refiner = patched.get_model_object("diffusion_model.context_refiner")
     steered = torch.nn.ModuleList([*refiner, RefinedCaptionSteering(vector.vector, alpha, scope)])
     patched.add_object_patch("diffusion_model.context_refiner", steered)
-    wrapper_type = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
-    if not patched.get_wrappers(wrapper_type, STATE_KEY):
-        patched.add_wrapper_with_key(wrapper_type, STATE_KEY, caption_length_wrapper)
+    patching.add_wrapper_once(patched, patching.DIFFUSION_MODEL, STATE_KEY, caption_length_wrapper)
     return patched
 
 

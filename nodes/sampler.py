@@ -2,45 +2,11 @@
 
 from __future__ import annotations
 
-import comfy.model_sampling
-import comfy.samplers
-import nodes as comfy_nodes
-import torch
 from comfy_api.latest import io
 
 from ..core import sampler as core
 from . import CATEGORY
-
-
-def patch_shift(model, shift: float):
-    """Clone MODEL with ModelSamplingAuraFlow's flow schedule (multiplier 1.0) at this shift."""
-
-    class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
-        pass
-
-    patched = model.clone()
-    model_sampling = ModelSamplingAdvanced(model.model.model_config)
-    model_sampling.set_parameters(shift=shift, multiplier=1.0)
-    patched.add_object_patch("model_sampling", model_sampling)
-    return patched
-
-
-def zero_negative(positive):
-    """A zeroed copy of the positive, as ConditioningZeroOut makes; unused when cfg is 1."""
-    negative = []
-    for cond, extra in positive:
-        extra = extra.copy()
-        if extra.get("pooled_output") is not None:
-            extra["pooled_output"] = torch.zeros_like(extra["pooled_output"])
-        negative.append([torch.zeros_like(cond), extra])
-    return negative
-
-
-def schedule_of(model, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
-    """The sigmas KSampler will use for these settings (same code path as comfy.samplers.KSampler)."""
-    ksampler = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name,
-                                       scheduler=scheduler, denoise=denoise, model_options=model.model_options)
-    return ksampler.sigmas.cpu()
+from ._internals.sampling import SAMPLERS, SCHEDULERS, common_ksampler, patch_shift, schedule_of, zero_out
 
 
 def check_inputs(latent, steps, shift, cfg, denoise, negative):
@@ -57,9 +23,8 @@ def sample(model, positive, negative, latent, seed, steps, shift, sampler_name, 
     check_inputs(latent, steps, shift, cfg, denoise, negative)
     shifted = patch_shift(model, shift)
     if negative is None:
-        negative = zero_negative(positive)
-    (out,) = comfy_nodes.common_ksampler(shifted, seed, steps, cfg, sampler_name, scheduler,
-                                         positive, negative, latent, denoise=denoise)
+        negative = zero_out(positive)
+    out = common_ksampler(shifted, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise)
     return out, schedule_of(shifted, steps, sampler_name, scheduler, denoise)
 
 
@@ -86,9 +51,9 @@ class ZImageSampler(io.ComfyNode):
                 io.Int.Input("steps", default=8, min=1, max=10000, tooltip="Sampling steps; Z-Image-Turbo is distilled for 8."),
                 io.Float.Input("shift", default=3.0, min=0.01, max=100.0, step=0.01, round=0.001,
                                tooltip="Flow time shift: sigma = shift*t / (1 + (shift-1)*t). 3.0 for Turbo; higher spends more steps at high noise."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="res_multistep",
+                io.Combo.Input("sampler_name", options=SAMPLERS, default="res_multistep",
                                tooltip="Any ComfyUI sampler; the official Turbo workflow uses res_multistep."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                io.Combo.Input("scheduler", options=SCHEDULERS, default="simple",
                                tooltip="Sigma scheduler; simple spaces the shifted flow times evenly."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance. Turbo has CFG distilled in: at exactly 1.0 no unconditional pass runs."),

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 
-import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -14,6 +13,10 @@ from comfy_api.latest import io
 from ..core import conditioning as cc
 from ..core import steering as core
 from . import CATEGORY
+from ._internals.dit import refine_captions
+from ._internals.models import check_zimage_model
+from ._internals.server import progress_bar
+from ._internals.text import has_llama_template
 
 FOLDER = "steering_vectors"
 SUBCATEGORY = f"{CATEGORY}/steering"
@@ -43,7 +46,7 @@ def vector_files() -> list[str]:
 
 
 def check_zimage_clip(clip) -> None:
-    if clip is None or getattr(clip.tokenizer, "llama_template", None) is None:
+    if not has_llama_template(clip):
         raise ValueError("clip is not a Z-Image text encoder: load qwen_3_4b.safetensors with CLIPLoader type lumina2")
 
 
@@ -128,10 +131,8 @@ class SteeringVectorBuild(io.ComfyNode):
             raise ValueError("space is 'refined' but no model is connected: connect the Z-Image MODEL (its context "
                              "refiner makes the refined caption tokens)")
         if space == "refined":
-            from .refined_steering import check_zimage_model, refine_captions
-
             check_zimage_model(model)
-        progress = comfy.utils.ProgressBar(len(a) + len(b))
+        progress = progress_bar(len(a) + len(b))
         encoded = encode_prompts(clip, a + b, layer, template, progress)
         if space == "refined":
             check_zimage_model(model, caption_width=encoded[0][0].shape[-1])

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import comfy.samplers
-import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
 from ..core import sampler as core_sampler
 from ..core import trajectory as core
 from . import CATEGORY
+from ._internals.sampling import (SAMPLERS, SCHEDULERS, latent_rgb_factors, patch_shift, preview_callback,
+                                  process_latent_out, schedule_of)
 from .ensemble import sample_rows
-from .sampler import check_inputs, patch_shift, schedule_of
+from .sampler import check_inputs
 
 SUBCATEGORY = f"{CATEGORY}/research"
 
@@ -41,8 +41,7 @@ def decode(vae, samples: torch.Tensor) -> torch.Tensor:
 
 def preview_images(model, x0: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """ComfyUI's linear latent-to-RGB preview of model-space latents, scaled to the image size (no VAE needed)."""
-    latent_format = model.model.latent_format
-    rgb = core.latent_rgb(x0, latent_format.latent_rgb_factors, getattr(latent_format, "latent_rgb_factors_bias", None))
+    rgb = core.latent_rgb(x0, *latent_rgb_factors(model))
     return torch.nn.functional.interpolate(rgb.movedim(-1, 1), size=size, mode="nearest").movedim(1, -1).cpu()
 
 
@@ -69,9 +68,9 @@ class Trajectory(io.ComfyNode):
                 io.Int.Input("steps", default=8, min=1, max=10000, tooltip="Sampling steps; Z-Image-Turbo is distilled for 8."),
                 io.Float.Input("shift", default=3.0, min=0.01, max=100.0, step=0.01, round=0.001,
                                tooltip="Flow time shift (3.0 for Turbo)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="res_multistep",
+                io.Combo.Input("sampler_name", options=SAMPLERS, default="res_multistep",
                                tooltip="Any ComfyUI sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                io.Combo.Input("scheduler", options=SCHEDULERS, default="simple",
                                tooltip="Sigma scheduler."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance (1.0 for Turbo)."),
@@ -99,7 +98,7 @@ class Trajectory(io.ComfyNode):
         keep = core.snapshot_steps(steps, every)
         shifted = patch_shift(model, shift)
         sigmas = schedule_of(shifted, steps, sampler_name, scheduler, denoise)
-        recorder = Recorder([float(s) for s in sigmas], keep, latent_preview.prepare_callback(shifted, steps))
+        recorder = Recorder([float(s) for s in sigmas], keep, preview_callback(shifted, steps))
         out, shifted = sample_rows(model, positive, negative, latent_image, [seed], steps, shift, sampler_name, scheduler,
                                    cfg, denoise, callback=recorder)
 
@@ -107,7 +106,7 @@ class Trajectory(io.ComfyNode):
         rows = core.records([float(s) for s in sigmas], stats)
         kept = sorted(recorder.x0)
         x0_model = torch.cat([recorder.x0[s] for s in kept]) if kept else torch.zeros_like(out["samples"][:0])
-        x0_latents = shifted.model.process_latent_out(x0_model.float()).cpu()
+        x0_latents = process_latent_out(shifted, x0_model.float()).cpu()
         height, width = out["samples"].shape[-2] * 8, out["samples"].shape[-1] * 8
         if vae is not None:
             x0_images = decode(vae, x0_latents)
