@@ -35,6 +35,11 @@ def nag_guidance(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: fl
     return (guided * alpha + pos * (1.0 - alpha)).to(z_pos.dtype)
 
 
+def image_patches(height: int, width: int, patch: int) -> int:
+    """Patches of a latent of this size (NextDiT pads it up to a multiple of the patch size first)."""
+    return -(-height // patch) * -(-width // patch)
+
+
 def guide_image(z_img: torch.Tensor, z_neg_img: torch.Tensor, rows: torch.Tensor, patches: int, scale: float,
                 tau: float, alpha: float) -> torch.Tensor:
     """NAG on the first ``patches`` image tokens of the guided rows; padding tokens and other rows keep Z+."""

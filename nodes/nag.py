@@ -9,7 +9,8 @@ How it runs (one model call):
    it shares every weight with the original. With the NAG state present it runs the positive
    sequence [caption, image] exactly as the stock block does, and a second attention over
    [negative caption, image] with the same image tokens; the image tokens' attention output (the
-   LAST img_len positions) is guided with core.nag.nag_guidance before the output projection.
+   LAST img_len positions, of which only the image patches, not the padding tokens) is guided with
+   core.nag.guide_image before the output projection.
    The negative caption tokens go on through the block (attention, feed-forward) as they would in
    a run with the negative prompt, so the next layer's negative attention is what the model expects.
 3. The image stream is shared: one extra attention path per layer, not a second sampling pass.
@@ -41,6 +42,7 @@ class NAGState:
     negative: torch.Tensor  # [B, L_neg_padded, dim]: the negative caption stream
     freqs: torch.Tensor  # RoPE of [negative caption, image]
     img_len: int
+    patches: int  # the first `patches` image tokens are the image; the rest of img_len is padding
     rows: torch.Tensor  # bool [B]: rows that are guided (positive prompt)
     scale: float
     tau: float
@@ -60,8 +62,8 @@ def nag_block_forward(block, state: NAGState, x, x_mask, freqs_cis, adaln_input,
     z_neg = dit.attend(block.attention, torch.cat((q_n, q[:, cap_len:]), 1), torch.cat((k_n, k[:, cap_len:]), 1),
                     torch.cat((v_n, v[:, cap_len:]), 1), state.freqs, None, options)
     z_img = core.image_tokens(z, state.img_len)
-    guided = core.nag_guidance(z_img, core.image_tokens(z_neg, state.img_len), state.scale, state.tau, state.alpha)
-    guided = torch.where(state.rows[:, None, None], guided, z_img)
+    guided = core.guide_image(z_img, core.image_tokens(z_neg, state.img_len), state.rows, state.patches,
+                              state.scale, state.tau, state.alpha)
     z = torch.cat((core.caption_tokens(z, state.img_len), guided), dim=1)
     state.negative = dit.residual_update(block, state.negative, core.caption_tokens(z_neg, state.img_len),
                                       gate_msa, scale_mlp, gate_mlp)
@@ -101,7 +103,8 @@ def negative_state(dm, x, context, negative, options, settings) -> NAGState:
     # Image positions as NextDiT.embed_all makes them when the caption is the negative.
     img_len, img_freqs = dit.image_rope(dm, x, caption.shape[1], options)
     rows = cond_rows(options.get("cond_or_uncond"), batch, x.device)
-    return NAGState(caption.repeat(batch, 1, 1), torch.cat((caption_freqs, img_freqs), dim=1), img_len, rows,
+    patches = core.image_patches(x.shape[-2], x.shape[-1], dm.patch_size)
+    return NAGState(caption.repeat(batch, 1, 1), torch.cat((caption_freqs, img_freqs), dim=1), img_len, patches, rows,
                     settings["scale"], settings["tau"], settings["alpha"])
 
 

@@ -134,12 +134,13 @@ def _layer0(model, positive, image_tokens=None, **kw):
     return inputs[0], outputs
 
 
-@pytest.mark.parametrize("size, image_len", [((64, 64), 32), ((64, 128), 32), ((144, 144), 96)])
-def test_layer0_guides_the_last_image_tokens_exactly_as_the_reference(comfy, size, image_len):
+@pytest.mark.parametrize("size, image_len, patches", [((64, 64), 32, 16), ((64, 128), 32, 32), ((144, 144), 96, 81)])
+def test_layer0_guides_the_last_image_tokens_exactly_as_the_reference(comfy, size, image_len, patches):
     """NAG at layer 0 against a reference built from two stock runs of the same layer.
 
     64x64 px has 16 image patches + 16 pad tokens, 64x128 px 32 patches and no padding, 144x144 px
     81 patches + 15 pad tokens. The negative (padded to 96) is longer than the positive (32).
+    The pad tokens are not part of the image: they keep the positive pass's output, bit for bit.
     """
     nag = ci.pack_module("nodes.nag")
     model, clip = ci.tiny_dit(comfy), ci.tiny_clip(comfy)
@@ -156,10 +157,12 @@ def test_layer0_guides_the_last_image_tokens_exactly_as_the_reference(comfy, siz
     (z,) = [c for c in calls if c.shape[1] == 32 + image_len]         # the positive sequence
     (z_neg_caption,) = [c for c in calls if c.shape[1] == 96]          # the negative caption going on
 
-    expected = _reference_nag(z_pos[:, -image_len:], z_neg[:, -image_len:], 4.0, 2.0, 0.5)
+    image, image_pos = z[:, 32:32 + patches], z_pos[:, 32:32 + patches]
+    expected = _reference_nag(image_pos, z_neg[:, 96:96 + patches], 4.0, 2.0, 0.5)
     assert torch.equal(z[:, :32], z_pos[:, :32])                       # caption tokens are not guided
-    assert torch.allclose(z[:, -image_len:].double(), expected, atol=1e-5)
-    assert (z[:, -image_len:] - z_pos[:, -image_len:]).abs().max() > 1e-2
+    assert torch.equal(z[:, 32 + patches:], z_pos[:, 32 + patches:])   # nor the image's pad tokens
+    assert torch.allclose(image.double(), expected, atol=1e-5)
+    assert (image - image_pos).abs().max() > 1e-2
     # the negative path attends exactly like the stock layer with the negative caption (positions included)
     assert torch.allclose(z_neg_caption, z_neg[:, :96], atol=1e-5)
 
