@@ -11,8 +11,11 @@ import torch
 from comfy_api.latest import io
 
 from ..core import conditioning as cc
+from ..core import encoder as encoder_core
 from ..core import steering as core
+from ..core import validation
 from . import CATEGORY
+from . import encoder as encoder_nodes
 from ._internals.dit import refine_captions
 from ._internals.models import check_zimage_model
 from ._internals.server import progress_bar
@@ -21,7 +24,7 @@ from ._internals.text import has_llama_template
 FOLDER = "steering_vectors"
 SUBCATEGORY = f"{CATEGORY}/steering"
 SteeringVectorType = io.Custom("ZIMAGE_STEERING_VECTOR")
-LAYER_RANGE = {"min": -36, "max": 35}
+LAYER_RANGE = {"min": -64, "max": -1}
 
 
 def register_folder() -> None:
@@ -58,22 +61,22 @@ def _token_ids(tokens: dict) -> list[int]:
 def encode_prompts(clip, texts: list[str], layer: int, template: str, progress=None) -> list[tuple[torch.Tensor, tuple[int, int]]]:
     """Qwen3 hidden states at `layer` and the content span of each prompt, via ComfyUI's CLIP.
 
-    The one place prompts are encoded for steering: clip_layer(layer) selects the hidden layer
-    (-2 is ComfyUI's and the official default), the template frames the prompt exactly as
-    ComfyUI's Z-Image tokenizer does.
+    The one place prompts are encoded for steering. Layers count as in the Z-Image Qwen3 Encoder
+    (core.encoder: -1 after the final norm, -2 = CLIPTextEncode), read from the same all-layer pass;
+    the template frames the prompt exactly as ComfyUI's Z-Image tokenizer does.
     """
     check_zimage_clip(clip)
     prefix, suffix = core.split_template(template)
-    encoder = clip.clone()
-    encoder.clip_layer(layer)
-    prefix_ids = _token_ids(encoder.tokenize(prefix, llama_template="{}")) if prefix else []
-    suffix_ids = _token_ids(encoder.tokenize(suffix, llama_template="{}")) if suffix else []
+    reader = encoder_nodes.adapter_for(clip)
+    recipe = encoder_core.layer_recipe(layer, "", reader.num_layers)
+    prefix_ids = _token_ids(clip.tokenize(prefix, llama_template="{}")) if prefix else []
+    suffix_ids = _token_ids(clip.tokenize(suffix, llama_template="{}")) if suffix else []
     out = []
     for text in texts:
-        tokens = encoder.tokenize(text, llama_template=template)
+        tokens = clip.tokenize(text, llama_template=template)
         span = core.template_span(_token_ids(tokens), prefix_ids, suffix_ids)
-        hidden = encoder.encode_from_tokens(tokens, return_dict=True)["cond"]
-        out.append((hidden, span))
+        hidden, _ = reader.hidden_states(tokens)
+        out.append((encoder_core.select_layers(hidden, recipe), span))
         if progress is not None:
             progress.update(1)
     return out
@@ -101,8 +104,9 @@ class SteeringVectorBuild(io.ComfyNode):
                 io.String.Input("prompts_b", multiline=True, default="a photo of a harbour\na photo of a forest",
                                 tooltip="Matching prompts without it, one per line (the vector is A minus B)."),
                 io.Int.Input("layer", default=-2, **LAYER_RANGE,
-                             tooltip="Qwen3 hidden layer to read (-2 is what Z-Image was trained on). Apply the vector to "
-                                     "conditioning encoded at the same layer."),
+                             tooltip="Qwen3 hidden layer to read, numbered as in the Z-Image Qwen3 Encoder: -1 = last layer "
+                                     "after the final norm, -2 = what Z-Image reads (CLIPTextEncode), down to -36. Apply "
+                                     "the vector to conditioning encoded at the same layer."),
                 io.String.Input("template", multiline=True, default=cc.DEFAULT_TEMPLATE,
                                 tooltip="Chat template around each prompt, with {} where the prompt goes. The default is "
                                         "ComfyUI's Z-Image template."),
@@ -166,6 +170,7 @@ class SteeringVectorSave(io.ComfyNode):
 
     @classmethod
     def execute(cls, vector, filename_prefix) -> io.NodeOutput:
+        filename_prefix = validation.filename_prefix(filename_prefix)
         register_folder()
         root = folder_paths.get_folder_paths(FOLDER)[0]
         os.makedirs(root, exist_ok=True)
@@ -213,14 +218,10 @@ class SteeringVectorLoad(io.ComfyNode):
 
 def _mismatch_warnings(vector, extras) -> list[str]:
     record = cc.lab_metadata(extras)
-    layer = record.get("layer", -2)
     template = record.get("template", cc.DEFAULT_TEMPLATE)
-    warnings = []
-    if isinstance(layer, int) and layer != vector.layer:
-        warnings.append(f"vector {vector.name or ''} was made at layer {vector.layer} but the conditioning was encoded at "
-                        f"layer {layer}{'' if 'layer' in record else ' (assumed: stock encoders use -2)'}: directions of "
-                        "different layers do not match")
-    if isinstance(template, str) and template != vector.template:
+    template = cc.DEFAULT_TEMPLATE if template == "default" else template  # the Qwen3 Encoder records a name
+    warnings = [w for w in (core.layer_mismatch(vector, record),) if w]
+    if isinstance(template, str) and template != "formatted" and template != vector.template:
         warnings.append(f"vector {vector.name or ''} was made with another chat template than the conditioning's")
     return warnings
 
