@@ -53,6 +53,12 @@ def validate_schedule(steps: int, shift: float, denoise: float = 1.0) -> None:
         raise ValueError(f"denoise is {denoise}: it must be in (0, 1] (1.0 = generate from pure noise).")
 
 
+def validate_cfg(cfg: float) -> None:
+    """Raise ValueError naming cfg when it is not a finite number (NaN would turn every latent into NaN)."""
+    if not math.isfinite(cfg):
+        raise ValueError(f"cfg is {cfg}: classifier-free guidance must be a finite number (1.0 for Z-Image-Turbo).")
+
+
 def validate_latent(samples: torch.Tensor, name: str = "latent_image") -> None:
     """Raise ValueError unless samples is a [B, 16, H, W] Z-Image latent."""
     if samples.ndim != 4:

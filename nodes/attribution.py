@@ -142,7 +142,10 @@ class TokenAttribution(io.ComfyNode):
             raise ValueError(f"batch_size is {batch_size}: sample at least 1 prompt per pass")
 
         base_tokens = clip.tokenize(prompt)
-        variants, variant_tokens = cls.variants(clip, prompt, base_tokens, unit, core.parse_words(extra_words))
+        extra = core.parse_words(extra_words)
+        start, end = core_cond.content_span({}, len(next(iter(base_tokens.values()))[0]))
+        core.check_work(prompt, unit, end - start, extra)  # before any shortened prompt is made
+        variants, variant_tokens = cls.variants(clip, prompt, base_tokens, unit, extra)
         if not variants:
             raise ValueError(f"the prompt {prompt!r} has no {unit}s to leave out")
 

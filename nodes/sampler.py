@@ -12,6 +12,7 @@ from ._internals.sampling import SAMPLERS, SCHEDULERS, common_ksampler, patch_sh
 def check_inputs(latent, steps, shift, cfg, denoise, negative):
     """Validate a sampler's settings before anything is cloned or sampled."""
     core.validate_schedule(steps, shift, denoise)
+    core.validate_cfg(cfg)
     core.validate_latent(latent["samples"])
     if negative is None and cfg != 1.0:
         raise ValueError(f"cfg is {cfg}: a negative conditioning is required when cfg != 1.0 "
