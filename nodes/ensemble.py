@@ -100,7 +100,10 @@ class EnsembleSampler(io.ComfyNode):
                                tooltip="Classifier-free guidance; the average is taken after CFG. 1.0 for Turbo."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the schedule to run."),
                 io.Int.Input("start_step", default=0, min=0, max=10000,
-                             tooltip="prediction average only: first step (from 0) whose predictions are averaged."),
+                             tooltip="prediction average only: first step (from 0) whose predictions are averaged. The window is "
+                                     "the noise levels of these steps: an evaluation at sigma is averaged when "
+                                     "sigma[end_step] < sigma <= sigma[start_step] (Heun's second evaluation counts "
+                                     "with the step whose sigma it is made at)."),
                 io.Int.Input("end_step", default=core.ALL_STEPS, min=0, max=10000,
                              tooltip="prediction average only: averaging stops before this step (10000 = to the end). "
                                      "Stop early to let the seeds share the composition but keep their own details."),

@@ -276,8 +276,8 @@ def test_a_second_extender_replaces_the_first(lab):
         assert torch.allclose(call["freqs"], expected_freqs(call["ids"], "ntk", 3.0), atol=2e-5)
 
 
-def _noise_refiner_outputs(lab, ext_node, label):
-    """Outputs of the noise-refiner blocks in the first model call, with a 1000-token caption."""
+def _block_outputs(lab, ext_node, label):
+    """Inputs and outputs of the noise-refiner blocks and main layer 0 in the first model call, 1000-token caption."""
     graph = base_graph(long_prompt(1000))
     model_ref = ["1", 0]
     if ext_node is not None:
@@ -291,19 +291,23 @@ def _noise_refiner_outputs(lab, ext_node, label):
     graph["r"] = {"class_type": "ZImageLabTestTraceReport", "inputs": {"samples": ["9k", 0], "label": label}}
     out = lab.run(graph).outputs["r"]
     tensors = load_file(str(lab.output / out["tensor_files"][0]))
-    return {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith("0.") and "noise_refiner" in k}
+    wanted = ("noise_refiner.", "layers.0.")
+    return {k.split(".", 2)[2]: v for k, v in tensors.items()
+            if k.startswith("0.") and any(w in k.split(".", 2)[2][:len(w)] for w in wanted)}
 
 
 def test_yarn_temperature_leaves_the_image_only_noise_refiner_unchanged(lab):
-    """The noise refiner attends over image tokens only; a long caption must not change its output."""
-    stock = _noise_refiner_outputs(lab, None, "nr_stock")
-    off = _noise_refiner_outputs(lab, extender(["1", 0], "yarn", "fit to prompt", yarn_attention="off"), "nr_off")
+    """The noise refiner attends over image tokens only, whose context does not grow with the caption:
+    with a 1000-token caption its output is the same, bit for bit, whether YaRN's temperature is on
+    ('all dims' or 'text axis dims') or off; the main layers, which attend to the caption, do get it.
+    (The rescaled rotation itself reaches the noise refiner, as every call: its padding tokens sit at
+    axis-0 position 0, the image at L_pad + 1, a distance the extension brings back into range.)"""
+    off = _block_outputs(lab, extender(["1", 0], "yarn", "fit to prompt", yarn_attention="off"), "nr_off")
+    assert len([k for k in off if k.startswith("noise_refiner")]) == 4  # 2 blocks, input and output
     for attention in ("all dims", "text axis dims"):
-        hot = _noise_refiner_outputs(lab, extender(["1", 0], "yarn", "fit to prompt", yarn_attention=attention),
-                                     f"nr_{attention[:3]}")
-        assert sorted(hot) == sorted(stock) and len(hot) == 4  # 2 blocks, input and output
-        for key in hot:
-            # the same rotation as without the temperature, bit for bit ...
+        hot = _block_outputs(lab, extender(["1", 0], "yarn", "fit to prompt", yarn_attention=attention),
+                             f"nr_{attention[:3]}")
+        assert sorted(hot) == sorted(off)
+        for key in (k for k in hot if k.startswith("noise_refiner")):
             assert torch.equal(hot[key], off[key]), (attention, key, float((hot[key] - off[key]).abs().max()))
-            # ... and what the stock model computes up to rounding: image tokens share axis-0 position
-            assert torch.allclose(hot[key], stock[key], atol=1e-4, rtol=1e-4), (attention, key)
+        assert (hot["layers.0.out"] - off["layers.0.out"]).abs().max() > 1e-3  # the temperature is applied there
