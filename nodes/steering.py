@@ -128,8 +128,8 @@ class SteeringVectorBuild(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompts_a, prompts_b, layer, template, normalize, space, model=None) -> io.NodeOutput:
-        a = core.parse_prompts(prompts_a, "prompts_a")
-        b = core.parse_prompts(prompts_b, "prompts_b")
+        a = core.parse_prompts(validation.bounded_text(prompts_a, "prompts_a"), "prompts_a")
+        b = core.parse_prompts(validation.bounded_text(prompts_b, "prompts_b"), "prompts_b")
         core.split_template(template)
         if space == "refined" and model is None:
             raise ValueError("space is 'refined' but no model is connected: connect the Z-Image MODEL (its context "
@@ -260,7 +260,8 @@ class SteeringApply(io.ComfyNode):
         cc.require_tokens(conditioning, "conditioning")
         if scope not in core.SCOPES:
             raise ValueError(f"scope is {scope!r}: choose one of {', '.join(core.SCOPES)}")
-        pairs = [(v, float(a)) for v, a in ((vector, alpha), (vector_2, alpha_2), (vector_3, alpha_3)) if v is not None]
+        pairs = [(v, validation.finite(a, name)) for v, a, name in ((vector, alpha, "alpha"), (vector_2, alpha_2, "alpha_2"),
+                                                                  (vector_3, alpha_3, "alpha_3")) if v is not None]
         for v, _ in pairs:
             if v.space != "embedding":
                 raise ValueError(f"vector {v.name or ''} is a {v.space}-space vector: use Refined Steering for it "

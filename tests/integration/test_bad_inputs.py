@@ -369,12 +369,7 @@ KNOWN: dict[tuple[str, str, str], str] = {
     ("ZImageLabSteeringApply", "vector_3", "refined space"): "message names 'vector', not vector_3",
     # not yet fixed (found in the last full run, before the fixes of this branch were loaded)
     ("ZImageLabChunkedEncode", "text", "20000 chars"): "bound the windows (validation.bounded_count)",
-    ("ZImageLabSteeringVectorBuild", "prompts_a", "20000 chars"): "bound prompt lines / characters",
-    ("ZImageLabSteeringVectorBuild", "prompts_b", "20000 chars"): "bound prompt lines / characters",
     ("ZImageLabEmbeddingNegative", "strength", "nan"): "validation.finite(strength, 'strength')",
-    ("ZImageLabSteeringApply", "alpha", "nan"): "validation.finite(alpha, 'alpha')",
-    ("ZImageLabSteeringApply", "alpha_2", "nan"): "validation.finite(alpha_2, 'alpha_2')",
-    ("ZImageLabSteeringApply", "alpha_3", "nan"): "validation.finite(alpha_3, 'alpha_3')",
     **{(node, "seed", "max"): "seed 2**64-1 overflows comfy.sample.prepare_noise (stock KSampler does too)"
        for node in ("ZImageLabSampler", "ZImageLabTokenAttribution", "ZImageLabTrajectory")},
     ("ZImageLabImageMetrics", "image", "1 pixel"): "message names 'the input', not image",
