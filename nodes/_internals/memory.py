@@ -57,3 +57,19 @@ def detached_copy(module: torch.nn.Module, parameters: dict) -> torch.nn.Module:
             dst.comfy_cast_weights = False
         dst.__dict__.pop("prev_comfy_cast_weights", None)
     return copied
+
+
+def is_dynamic(model) -> bool:
+    """Whether a MODEL streams its weights through DynamicVRAM (``ModelPatcher.is_dynamic``, 0.18.1 and 0.30.2)."""
+    return bool(getattr(model, "is_dynamic", lambda: False)())
+
+
+def can_reload_resident(model) -> bool:
+    """Whether ComfyUI can rebuild this MODEL with resident weights (``cached_patcher_init``, set by the loaders)."""
+    return getattr(model, "cached_patcher_init", None) is not None
+
+
+def resident_clone(model):
+    """ComfyUI's own non-dynamic clone: the checkpoint reloaded for the legacy ModelPatcher
+    (``ModelPatcher.clone(disable_dynamic=True)``, as ``comfy_extras/nodes_torch_compile.py`` TorchCompileModel)."""
+    return model.clone(disable_dynamic=True)
