@@ -357,6 +357,7 @@ def parse_args(argv=None):
     parser.add_argument("--configs", default="defaults,no-cuda-malloc,no-dynamic-vram,memory-cap")
     parser.add_argument("--steps", default="timing,identity,workflows", help="which steps to run per configuration")
     parser.add_argument("--timing-configs", default="", help="configurations that time (default: all)")
+    parser.add_argument("--workflow-configs", default="", help="configurations that run the workflows (default: all)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--per-block", type=int, default=2)
@@ -379,6 +380,7 @@ def main(argv=None) -> int:
         else args.workflows.split(",")
     steps = set(args.steps.split(","))
     timed = set(args.timing_configs.split(",")) if args.timing_configs else None
+    flows = set(args.workflow_configs.split(",")) if args.workflow_configs else None
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": []}
     for config in args.configs.split(","):
         print(f"== {config}", flush=True)
@@ -397,7 +399,7 @@ def main(argv=None) -> int:
             if "identity" in steps:
                 run["identity"] = identity(ctx, graphs)
                 args.out.write_text(json.dumps(report, indent=1))
-            if "workflows" in steps:
+            if "workflows" in steps and (flows is None or config in flows):
                 run["workflows"] = workflows(ctx, names)
         except Exception as e:  # keep what was measured; the report says what broke
             run["error"] = f"{type(e).__name__}: {e}"
