@@ -372,6 +372,10 @@ class ShapeTimer:
 # CUDA graphs
 
 
+FAILED_CAPTURES: list = []
+"""Everything a failed CUDA-graph capture allocated, never freed (see GraphRunner._capture)."""
+
+
 class GraphRunner:
     """Captures fn(*tensors) once per key into a CUDA graph and replays it with new input values.
 
@@ -384,7 +388,6 @@ class GraphRunner:
         self.warmup = warmup
         self._graphs: OrderedDict = OrderedDict()
         self.failed: str | None = None
-        self._kept: list = []
 
     def clear(self) -> None:
         self._graphs.clear()
@@ -425,8 +428,9 @@ class GraphRunner:
                 static_out = fn(*static_in)
         except Exception as error:
             # What the failed capture allocated must not be freed outside it (under cudaMallocAsync that
-            # free aborts the process): keep the graph, its inputs and the frames that hold its tensors.
-            self._kept.append((graph, static_in, error, error.__traceback__))
+            # free aborts the process, measured on an H200): keep the graph, its inputs and the frames that
+            # hold its tensors for the life of the process.
+            FAILED_CAPTURES.append((graph, static_in, error, error.__traceback__))
             self.failed = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             raise GraphCaptureError(f"CUDA graph capture failed ({self.failed}); this runner replays no graphs "
                                     "from now on (later calls run without CUDA graphs).") from None
