@@ -157,7 +157,7 @@ def median(values):
 
 def timing(ctx, graphs: dict, blocks: int, per_block: int) -> dict:
     """Warm each variant once, then alternate blocks of prompts with fresh seeds; medians per image."""
-    rows = {name: {"server_s": [], "wall_s": [], "nodes": [], "errors": []} for name in graphs}
+    rows = {name: {"server_s": [], "wall_s": [], "nodes": [], "errors": [], "steady_s": []} for name in graphs}
     order = list(graphs)
     for name in order:  # first prompt: loads, compiles, captures (reported apart)
         record = ctx.prompt(graphs[name])
@@ -168,13 +168,15 @@ def timing(ctx, graphs: dict, blocks: int, per_block: int) -> dict:
         for name in order[b % len(order):] + order[:b % len(order)]:
             if rows[name]["errors"]:
                 continue
-            for _ in range(per_block):
+            for i in range(per_block):
                 record = ctx.prompt(graphs[name])
                 if not record["ok"]:
                     rows[name]["errors"].append(record["error"])
                     break
                 for key in ("server_s", "wall_s", "nodes"):
                     rows[name][key].append(record[key])
+                if i > 0:  # not the first after another graph ran (which re-runs nodes whose inputs changed)
+                    rows[name]["steady_s"].append(record["server_s"])
     table = {}
     for name, row in rows.items():
         nodes = {}
@@ -183,10 +185,11 @@ def timing(ctx, graphs: dict, blocks: int, per_block: int) -> dict:
                 nodes.setdefault(k, []).append(v)
         table[name] = {"n": len(row["server_s"]), "server_s": median(row["server_s"]), "wall_s": median(row["wall_s"]),
                        "first_s": row.get("first_s"), "nodes": {k: median(v) for k, v in nodes.items()},
-                       "all_server_s": row["server_s"], "errors": row["errors"]}
-    stock = table.get("stock", {}).get("server_s")
+                       "steady_s": median(row["steady_s"]), "all_server_s": row["server_s"], "errors": row["errors"]}
+    stock = table.get("stock", {})
     for row in table.values():
-        row["x_stock"] = row["server_s"] / stock if stock and row["server_s"] else None
+        for key, ref in (("x_stock", "server_s"), ("steady_x_stock", "steady_s")):
+            row[key] = row[ref] / stock[ref] if stock.get(ref) and row[ref] else None
     return table
 
 
@@ -321,8 +324,8 @@ def flags_for(name: str, cap_gb: float) -> list:
 
 def table(report: dict) -> str:
     """Markdown table: per configuration and graph, median s / image, x stock, the main nodes."""
-    lines = ["| ComfyUI | config | graph | n | s / image | x stock | sampler | VAEDecode | save | first prompt s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| ComfyUI | config | graph | n | s / image | x stock | steady s | steady x | sampler | VAEDecode | save "
+             "| first prompt s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in report["runs"]:
         for name, row in run.get("timing", {}).items():
             nodes = row["nodes"]
@@ -333,7 +336,7 @@ def table(report: dict) -> str:
                 return "-" if v is None else f"{v:.{d}f}"
 
             lines.append(f"| {run['system']['comfyui']} | {run['config']} | {name} | {row['n']} | {f(row['server_s'])} "
-                         f"| {f(row['x_stock'], 2)} | {f(sampler)} | {f(nodes.get('VAEDecode'))} | {f(save)} "
+                         f"| {f(row['x_stock'], 2)} | {f(row.get('steady_s'))} | {f(row.get('steady_x_stock'), 2)} | {f(sampler)} | {f(nodes.get('VAEDecode'))} | {f(save)} "
                          f"| {f(row['first_s'], 1)} |")
     lines.append("")
     lines.append("| ComfyUI | config | stock = lab pixels | workflows ok | server crashes |")

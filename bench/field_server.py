@@ -117,9 +117,13 @@ class Events:
                 continue
             except Exception:
                 return
-            if isinstance(message, str):
-                event = json.loads(message)
-                self.items.append((time.perf_counter(), event["type"], event.get("data", {})))
+            if isinstance(message, str) and message.strip():
+                try:
+                    event = json.loads(message)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and "type" in event:
+                    self.items.append((time.perf_counter(), event["type"], event.get("data") or {}))
 
     def node_seconds(self, prompt_id: str, api: dict) -> dict:
         """{class_type: seconds} from consecutive ``executing`` messages of one prompt (summed per class)."""
