@@ -282,8 +282,14 @@ class Context:
             seed = self.seed
         api = shrink(set_seed(api, seed) if seed is not None else api, self.args.tiny)
         record = run_prompt(self.client, self.events, api, self.args.prompt_timeout)
+        if not record["ok"] and "cannot reach" in str(record["error"]):
+            deadline = time.monotonic() + 120  # a crashed server can take a while to exit (pinned memory)
+            while self.server.alive() and time.monotonic() < deadline:
+                time.sleep(1)
+            if self.server.alive():
+                self.server.process.kill()  # not answering: counts as a crash too
         if not self.server.alive():
-            record["ok"], record["error"] = False, f"server died: {self.server.log()[-2000:]}"
+            record["ok"], record["error"] = False, f"server died: {self.server.log()[-3000:]}"
             self.restart()
         return record
 
