@@ -83,9 +83,10 @@ class GraphedTextModel(torch.nn.Module):
                 final_layer_norm_intermediate=True, dtype=None, position_ids=None, embeds_info=[], past_key_values=None,
                 **newer):
         original = self.original
+        newer = {k: v for k, v in newer.items() if v is not None}  # unset: the older signature's call
         if self.bf16 and embeds is not None and embeds.dtype == torch.float32:
             embeds, dtype = embeds.to(torch.bfloat16), torch.bfloat16
-        if any(v is not None for v in newer.values()) or self.graphs.failed or not self._graphable(
+        if newer or self.graphs.failed or not self._graphable(
                 x, embeds, position_ids, embeds_info, past_key_values, intermediate_output):
             return original(x, attention_mask, embeds=embeds, num_tokens=num_tokens,
                             intermediate_output=intermediate_output,
