@@ -26,7 +26,6 @@ import copy
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from zlab.api import ComfyClient  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from field_server import Events, Server, make_base, run_prompt  # noqa: E402
+from field_server import Events, Server, gpu_total_gb, make_base, run_prompt, table  # noqa: E402
 
 CONFIGS = {"defaults": [], "no-cuda-malloc": ["--disable-cuda-malloc"],
            "no-dynamic-vram": ["--disable-dynamic-vram"], "memory-cap": ["--reserve-vram", "{reserve}"]}
@@ -317,48 +316,10 @@ class Context:
 # report
 
 
-def gpu_total_gb() -> float | None:
-    """The GPU's memory in GB (nvidia-smi; this process never touches CUDA)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30).stdout
-        return float(out.split()[0]) / 1024
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return None
-
-
 def flags_for(name: str, cap_gb: float) -> list:
     total = gpu_total_gb()
     reserve = max(0.0, (total or cap_gb) - cap_gb)
     return [f.format(reserve=f"{reserve:.1f}") for f in CONFIGS[name]]
-
-
-def table(report: dict) -> str:
-    """Markdown table: per configuration and graph, median s / image, x stock, the main nodes."""
-    lines = ["| ComfyUI | config | graph | n | s / image | x stock | steady s | steady x | sampler | VAEDecode | save "
-             "| first prompt s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for run in report["runs"]:
-        for name, row in run.get("timing", {}).items():
-            nodes = row["nodes"]
-            sampler = nodes.get("KSampler") or nodes.get("ZImageLabSampler")
-            save = next((v for k, v in nodes.items() if "Save" in k), None)
-
-            def f(v, d=3):
-                return "-" if v is None else f"{v:.{d}f}"
-
-            lines.append(f"| {run['system']['comfyui']} | {run['config']} | {name} | {row['n']} | {f(row['server_s'])} "
-                         f"| {f(row['x_stock'], 2)} | {f(row.get('steady_s'))} | {f(row.get('steady_x_stock'), 2)} | {f(sampler)} | {f(nodes.get('VAEDecode'))} | {f(save)} "
-                         f"| {f(row['first_s'], 1)} |")
-    lines.append("")
-    lines.append("| ComfyUI | config | stock = lab pixels | workflows ok | server crashes |")
-    lines.append("|---|---|---|---|---|")
-    for run in report["runs"]:
-        wf = run.get("workflows", {})
-        ok = sum(1 for r in wf.values() if r["ok"])
-        ident = run.get("identity", {}).get("identical")
-        lines.append(f"| {run['system']['comfyui']} | {run['config']} | {'-' if ident is None else ident} | "
-                     f"{ok}/{len(wf)} | {run['crashes']} |")
-    return "\n".join(lines)
 
 
 def parse_args(argv=None):

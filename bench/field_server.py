@@ -181,3 +181,41 @@ def run_prompt(client: ComfyClient, events: Events, api: dict, timeout: float) -
     record["outputs"] = entry.get("outputs", {})
     record["ok"] = True
     return record
+
+
+def gpu_total_gb() -> float | None:
+    """The GPU's memory in GB (nvidia-smi; this process never touches CUDA)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return float(out.split()[0]) / 1024
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def table(report: dict) -> str:
+    """Markdown table: per configuration and graph, median s / image, x stock, the main nodes."""
+    lines = ["| ComfyUI | config | graph | n | s / image | x stock | steady s | steady x | sampler | VAEDecode | save "
+             "| first prompt s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in report["runs"]:
+        for name, row in run.get("timing", {}).items():
+            nodes = row["nodes"]
+            sampler = nodes.get("KSampler") or nodes.get("ZImageLabSampler")
+            save = next((v for k, v in nodes.items() if "Save" in k), None)
+
+            def f(v, d=3):
+                return "-" if v is None else f"{v:.{d}f}"
+
+            lines.append(f"| {run['system']['comfyui']} | {run['config']} | {name} | {row['n']} | {f(row['server_s'])} "
+                         f"| {f(row['x_stock'], 2)} | {f(row.get('steady_s'))} | {f(row.get('steady_x_stock'), 2)} | {f(sampler)} | {f(nodes.get('VAEDecode'))} | {f(save)} "
+                         f"| {f(row['first_s'], 1)} |")
+    lines.append("")
+    lines.append("| ComfyUI | config | stock = lab pixels | workflows ok | server crashes |")
+    lines.append("|---|---|---|---|---|")
+    for run in report["runs"]:
+        wf = run.get("workflows", {})
+        ok = sum(1 for r in wf.values() if r["ok"])
+        ident = run.get("identity", {}).get("identical")
+        lines.append(f"| {run['system']['comfyui']} | {run['config']} | {'-' if ident is None else ident} | "
+                     f"{ok}/{len(wf)} | {run['crashes']} |")
+    return "\n".join(lines)
