@@ -372,6 +372,10 @@ class ShapeTimer:
 # CUDA graphs
 
 
+FAILED_CAPTURES: list = []
+"""Everything a failed CUDA-graph capture allocated, never freed (see GraphRunner._capture)."""
+
+
 class GraphRunner:
     """Captures fn(*tensors) once per key into a CUDA graph and replays it with new input values.
 
@@ -383,6 +387,7 @@ class GraphRunner:
         self.max_graphs = max_graphs
         self.warmup = warmup
         self._graphs: OrderedDict = OrderedDict()
+        self.failed: str | None = None
 
     def clear(self) -> None:
         self._graphs.clear()
@@ -418,9 +423,22 @@ class GraphRunner:
                 fn(*static_in)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn(*static_in)
+        try:
+            with torch.cuda.graph(graph):
+                static_out = fn(*static_in)
+        except Exception as error:
+            # What the failed capture allocated must not be freed outside it (under cudaMallocAsync that
+            # free aborts the process, measured on an H200): keep the graph, its inputs and the frames that
+            # hold its tensors for the life of the process.
+            FAILED_CAPTURES.append((graph, static_in, error, error.__traceback__))
+            self.failed = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            raise GraphCaptureError(f"CUDA graph capture failed ({self.failed}); this runner replays no graphs "
+                                    "from now on (later calls run without CUDA graphs).") from None
         return graph, static_in, static_out
+
+
+class GraphCaptureError(RuntimeError):
+    """A CUDA graph capture failed; the prompt stops with this message and later calls run eagerly."""
 
 
 def _clone_outputs(out):

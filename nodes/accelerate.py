@@ -1,330 +1,46 @@
-"""Z-Image Accelerate: the same maths faster on NVIDIA GPUs, as patches on clones of MODEL, CLIP and VAE."""
+"""Z-Image Accelerate: the same maths faster on NVIDIA GPUs, as patches on clones of MODEL, CLIP and VAE.
+
+The pieces live beside this file: the block stand-in in ``_accelerate_block.py``; ComfyUI internals in
+``_internals/`` (``ops`` weight casting and the attention override key, ``graphs`` CUDA-graph and sampler wrappers
+and the allocator check, ``llama`` the text encoder, ``vae`` the decode, ``memory`` DynamicVRAM clones).
+"""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import logging
 
-import comfy.ops
-import comfy.patcher_extension
-import torch
 from comfy_api.latest import io
 
 from ..core import accelerate as core
 from . import CATEGORY
+from ._accelerate_block import AcceleratedBlock, Runtime, attention_override
+from ._internals import graphs, memory
+from ._internals.llama import TEXT_ENCODER_GRAPH, accelerate_clip
+from ._internals.ops import attention_override_of, set_attention_override
+from ._internals.vae import accelerate_vae
+
+__all__ = ["accelerate_model", "accelerate_clip", "accelerate_vae", "runtime_of", "safe_options", "NODES"]
 
 WRAPPER_KEY = "zimage_lab_accelerate"
 BLOCK_GROUPS = ("layers", "noise_refiner", "context_refiner")
 
-# --------------------------------------------------------------------------------------------
-# weights
 
-
-def _plain(module: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether a module's own parameters can be used as they are (no casting, no on-the-fly patches)."""
-    weight = getattr(module, "weight", None)
-    return (weight is not None and not getattr(module, "comfy_cast_weights", False)
-            and not getattr(module, "weight_function", None) and not getattr(module, "bias_function", None)
-            and weight.device == x.device and weight.dtype == x.dtype)
-
-
-class WeightFetcher:
-    """Gets a block's weights ready for one call the way ComfyUI's ops would, and releases them after."""
-
-    def __init__(self, x: torch.Tensor):
-        self.x = x
-        self.held = []
-        self.all_plain = True
-
-    def get(self, module):
-        if module is None or isinstance(module, torch.nn.Identity):
-            return None, None
-        if _plain(module, self.x):
-            return module.weight, module.bias
-        self.all_plain = False
-        weight, bias, handle = comfy.ops.cast_bias_weight(module, self.x, offloadable=True)
-        self.held.append((module, weight, bias, handle))
-        return weight, bias
-
-    def release(self):
-        for module, weight, bias, handle in self.held:
-            comfy.ops.uncast_bias_weight(module, weight, bias, handle)
-        self.held.clear()
-
-
-def _state(t: torch.Tensor) -> tuple:
-    """Where a tensor's data lives and how often it was written (inference tensors keep no counter)."""
-    try:
-        version = t._version
-    except RuntimeError:  # created under torch.inference_mode, as ComfyUI's loaders do
-        version = None
-    return t.data_ptr(), version
-
-
-class Fp8Cache:
-    """FP8 copies of resident Linear weights, remade when a weight is replaced or moved (LoRA patches)."""
-
-    def __init__(self):
-        self._entries: dict = {}
-        self.generation = 0
-
-    def get(self, weight: torch.Tensor):
-        key = id(weight)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is weight and entry[1] == _state(weight):
-            return entry[2]
-        fp8 = core.quantize_weight(weight)
-        self._entries[key] = (weight, _state(weight), fp8)
-        self.generation += 1
-        return fp8
-
-    def clear(self):
-        self._entries.clear()
-        self.generation += 1
-
-
-class Runtime:
-    """What every accelerated block of one patched MODEL shares: options, stats, caches."""
-
-    def __init__(self, options: core.AccelerateOptions):
-        self.options = options
-        self.stats = core.AccelerateStats()
-        self.timer = core.ShapeTimer(self.stats)
-        self.fp8 = Fp8Cache()
-        self.graphs = core.GraphRunner()
-        self.block_fn = core.compiled_joint_block(options.compile_tuning) if options.compile_blocks else core.joint_block
-        self._backends: dict = {}
-        self.resident_copy = False
-
-    def backend(self, x: torch.Tensor, shape: core.BlockShape) -> str:
-        """The SDPA backend for this call: measured once per shape for "auto", else as set."""
-        choice = self.options.attention
-        if choice == "off":
-            return "auto"
-        if choice != "auto":
-            return choice
-        key = (tuple(x.shape), shape.n_heads, shape.head_dim, x.dtype, str(x.device))
-        if key not in self._backends:
-            b, seqlen = x.shape[0], x.shape[1]
-            q = torch.randn(b, seqlen, shape.n_heads, shape.head_dim, device=x.device, dtype=x.dtype).transpose(1, 2)
-            self._backends[key] = core.ATTENTION.choose(q, q, q)
-            self.stats.attention[f"{b}x{seqlen}"] = self._backends[key]
-        return self._backends[key]
-
-
-def _block_shape(block) -> core.BlockShape:
-    att = block.attention
-    q_norm = att.q_norm
-    adaln_silu = bool(block.modulation) and isinstance(block.adaLN_modulation[0], torch.nn.SiLU)
-    return core.BlockShape(att.n_local_heads, att.n_local_kv_heads, att.head_dim, block.attention_norm1.eps,
-                           getattr(q_norm, "eps", None), bool(block.modulation), adaln_silu)
-
-
-class AcceleratedBlock(torch.nn.Module):
-    """Stands in for a JointTransformerBlock; shares its submodules, so weight names and LoRA keys are unchanged."""
-
-    def __init__(self, block: torch.nn.Module, runtime: Runtime):
-        super().__init__()
-        self._modules = dict(block._modules)
-        object.__setattr__(self, "original", block)
-        object.__setattr__(self, "runtime", runtime)
-        for name in ("layer_id", "dim", "head_dim", "modulation"):
-            if hasattr(block, name):
-                setattr(self, name, getattr(block, name))
-        self.shape = _block_shape(block)
-
-    def _weights(self, fetch: WeightFetcher, fp8: bool) -> core.BlockWeights:
-        att, ff = self.attention, self.feed_forward
-
-        def lin(module):
-            weight, bias = fetch.get(module)
-            if fp8 and fetch.all_plain and weight is not None and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0:
-                weight = self.runtime.fp8.get(weight)
-            return weight, bias
-
-        qkv, _ = lin(att.qkv)
-        out, out_bias = lin(att.out)
-        w1, _ = lin(ff.w1)
-        w2, _ = lin(ff.w2)
-        w3, _ = lin(ff.w3)
-        adaln, adaln_bias = fetch.get(self.adaLN_modulation[-1]) if self.shape.modulation else (None, None)
-        return core.BlockWeights(
-            qkv=qkv, out=out, out_bias=out_bias, q_norm=fetch.get(att.q_norm)[0], k_norm=fetch.get(att.k_norm)[0],
-            w1=w1, w2=w2, w3=w3, attention_norm1=fetch.get(self.attention_norm1)[0],
-            attention_norm2=fetch.get(self.attention_norm2)[0], ffn_norm1=fetch.get(self.ffn_norm1)[0],
-            ffn_norm2=fetch.get(self.ffn_norm2)[0], adaln=adaln, adaln_bias=adaln_bias)
-
-    def forward(self, x, x_mask, freqs_cis, adaln_input=None, timestep_zero_index=None, transformer_options={}):
-        rt = self.runtime
-        reason = None
-        if x_mask is not None:
-            reason = "attention mask"
-        elif timestep_zero_index is not None:
-            reason = "omni reference latents"
-        elif "optimized_attention_override" in transformer_options and not getattr(
-                transformer_options["optimized_attention_override"], "zimage_lab", False):
-            reason = "another attention override"
-        elif self.shape.modulation and adaln_input is None:
-            reason = "no adaLN input"
-        elif torch.is_grad_enabled() and (x.requires_grad or self.attention.qkv.weight.requires_grad):
-            reason = "autograd (training) call"
-        if reason is not None:
-            rt.stats.fallback(reason)
-            return self.original(x, x_mask, freqs_cis, adaln_input, timestep_zero_index=timestep_zero_index,
-                                 transformer_options=transformer_options)
-        fetch = WeightFetcher(x)
-        try:
-            fp8 = rt.options.fp8_matmul and (x.device.type == "cpu" or core.fp8_supported(x.device))
-            if rt.options.fp8_matmul and not fp8:
-                rt.stats.fallback("fp8 needs compute capability 9.0 (Hopper) or newer")
-            weights = self._weights(fetch, fp8)
-            if fp8 and not isinstance(weights.qkv, core.Fp8Weight):
-                rt.stats.fallback("fp8 needs resident weights (no DynamicVRAM streaming or on-the-fly patches)")
-            backend = rt.backend(x, self.shape)
-            key = (tuple(x.shape), str(x.dtype), self.shape.modulation, backend, isinstance(weights.qkv, core.Fp8Weight))
-            with rt.timer.first_call(key):
-                out = rt.block_fn(x, freqs_cis, adaln_input if self.shape.modulation else None, weights, self.shape, backend)
-            rt.stats.fast_calls += 1
-            return out
-        finally:
-            fetch.release()
-
-
-# --------------------------------------------------------------------------------------------
-# attention alone, CUDA graphs
-
-
-def attention_override(backend: str, runtime: Runtime):
-    """An optimized_attention_override that runs unmasked attention through the chosen SDPA backend."""
-
-    def override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
-                 **kwargs):
-        if mask is not None or q.shape != k.shape or q.shape != v.shape:
-            return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                        skip_output_reshape=skip_output_reshape, **kwargs)
-        if skip_reshape:
-            b, _, _, dim_head = q.shape
-        else:
-            b, _, inner = q.shape
-            dim_head = inner // heads
-            q, k, v = (t.view(b, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
-        name = backend
-        if name == "auto":
-            name = core.ATTENTION.choose(q, k, v)
-            runtime.stats.attention[f"{b}x{q.shape[2]}"] = name
-        out = core.sdpa(q, k, v, name)
-        if not skip_output_reshape:
-            out = out.transpose(1, 2).reshape(b, -1, heads * dim_head)
-        return out
-
-    override.zimage_lab = True
-    return override
-
-
-_PARAM_SLOTS: dict = {}
-
-
-def weights_signature(model: torch.nn.Module, device: torch.device | None = None) -> tuple | None:
-    """Addresses of every parameter (a captured graph is only valid while these do not move), or None
-    when some weight is not resident on ``device`` (partial loading, DynamicVRAM streaming).
-
-    The (module, name) slots are listed once per model; reading ~600 addresses costs ~0.1 ms.
-    """
-    key = id(model)
-    slots = _PARAM_SLOTS.get(key)
-    if slots is None or slots[0]() is not model:
-        import weakref
-
-        slots = (weakref.ref(model), [(m, n) for m in model.modules() for n, _ in m.named_parameters(recurse=False)],
-                 [m for m in model.modules()])
-        _PARAM_SLOTS[key] = slots
-    params = [getattr(m, n) for m, n in slots[1]]
-    if device is not None and (any(p.device != device for p in params) or any(hasattr(m, "_v") for m in slots[2])):
-        return None
-    return tuple(p.data_ptr() for p in params)
-
-
-def graph_wrapper(runtime: Runtime):
-    """DIFFUSION_MODEL wrapper that replays the whole forward from a CUDA graph per fixed input shape."""
-
-    def wrapper(executor, x, timesteps, context, num_tokens, attention_mask=None, **kwargs):
-        options = kwargs.get("transformer_options", {})
-        extra_tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-        busy = [k for k, v in kwargs.items() if isinstance(v, (list, tuple)) and len(v) > 0]
-        reason = None
-        if not x.is_cuda:
-            reason = "CUDA graphs need a CUDA device"
-        elif options.get("patches"):
-            reason = "model patches present"
-        elif busy:
-            reason = "reference inputs present"
-        elif torch.cuda.is_current_stream_capturing():
-            reason = "already capturing"
-        if reason is not None:
-            runtime.stats.fallback(reason)
-            return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
-        names = list(extra_tensors)
-        tensors = [x, timesteps, context] + ([attention_mask] if attention_mask is not None else []) + \
-            [extra_tensors[n] for n in names]
-        signature = weights_signature(executor.class_obj, x.device)
-        if signature is None:
-            runtime.stats.fallback("CUDA graphs need every weight resident on the GPU")
-            return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
-        plain = {k: v for k, v in kwargs.items() if k not in extra_tensors and k != "transformer_options"}
-        key = (tuple((tuple(t.shape), str(t.dtype)) for t in tensors), num_tokens, attention_mask is not None,
-               tuple(names), repr(sorted(plain.items(), key=lambda kv: kv[0])), repr(options.get("rope_options")),
-               signature, runtime.fp8.generation)
-
-        def run(*ts):
-            x_, t_, c_ = ts[:3]
-            rest = list(ts[3:])
-            mask = rest.pop(0) if attention_mask is not None else None
-            extra = dict(zip(names, rest))
-            return executor(x_, t_, c_, num_tokens, mask, **{**kwargs, **extra})
-
-        out, captured = runtime.graphs.run(key, run, *tensors)
-        if captured:
-            runtime.stats.graphs_captured += 1
-        runtime.stats.graph_replays += 1
-        return out
-
-    return wrapper
-
-
-@torch.no_grad()
-def sync_free_res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.,
-                            noise_sampler=None):
-    """Drop-in for comfy.k_diffusion.sampling.sample_res_multistep without per-step host syncs."""
-    import comfy.k_diffusion.sampling as k_sampling
-
-    extra_args = {} if extra_args is None else extra_args
-    seed = extra_args.get("seed", None)
-    noise_sampler = k_sampling.default_noise_sampler(x, seed=seed) if noise_sampler is None else noise_sampler
-    return core.res_multistep_sync_free(model, x, sigmas, extra_args, callback, s_noise, noise_sampler)
-
-
-def sampler_wrapper(runtime: Runtime):
-    """SAMPLER_SAMPLE wrapper: runs res_multistep (the Turbo default) without host syncs; other samplers as they are."""
-    import comfy.k_diffusion.sampling as k_sampling
-
-    def wrapper(executor, *args, **kwargs):
-        ksampler = executor.class_obj
-        function = getattr(ksampler, "sampler_function", None)
-        if function is not k_sampling.sample_res_multistep or getattr(ksampler, "extra_options", None):
-            runtime.stats.fallback("sampler without a sync-free version")
-            return executor(*args, **kwargs)
-        ksampler.sampler_function = sync_free_res_multistep
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            ksampler.sampler_function = function
-
-    return wrapper
-
-
-# --------------------------------------------------------------------------------------------
-# patching
+def safe_options(model, options: core.AccelerateOptions) -> tuple[core.AccelerateOptions, list[str]]:
+    """The options that can run on this server and MODEL, and a sentence for each one switched off (decided
+    before anything is patched)."""
+    notes = []
+    reason = graphs.graph_conflict(options.compile_blocks, options.cuda_graphs)
+    if reason:
+        options = dataclasses.replace(options, cuda_graphs=False)
+        notes.append("cuda_graphs switched off: " + reason)
+    existing = attention_override_of(model)
+    if options.attention != "off" and existing is not None and not getattr(existing, "zimage_lab", False):
+        options = dataclasses.replace(options, attention="off")
+        notes.append("attention left to the attention override already on this MODEL (e.g. ModelAttentionBackend "
+                     "/ BlockSparseAttention); set attention to off here, or remove that node, to silence this")
+    return options, notes
 
 
 def needs_resident_weights(options: core.AccelerateOptions) -> bool:
@@ -335,15 +51,14 @@ def needs_resident_weights(options: core.AccelerateOptions) -> bool:
 def clone_for(model, options: core.AccelerateOptions, runtime: Runtime):
     """model.clone(), or for a DynamicVRAM MODEL whose options need resident weights, ComfyUI's own
     non-dynamic clone (the checkpoint reloaded for the legacy ModelPatcher, as TorchCompileModel does)."""
-    dynamic = getattr(model, "is_dynamic", lambda: False)()
-    if not (dynamic and needs_resident_weights(options)):
+    if not (memory.is_dynamic(model) and needs_resident_weights(options)):
         return model.clone()
-    if getattr(model, "cached_patcher_init", None) is None:
+    if not memory.can_reload_resident(model):
         runtime.stats.fallback("DynamicVRAM model with no loader to reload it resident: CUDA graphs / FP8 skipped")
         return model.clone()
     logging.info("ZImageLabAccelerate: DynamicVRAM model; loading a resident-weights copy for CUDA graphs / FP8.")
     runtime.resident_copy = True
-    return model.clone(disable_dynamic=True)
+    return memory.resident_clone(model)
 
 
 def accelerate_model(model, options: core.AccelerateOptions):
@@ -353,26 +68,26 @@ def accelerate_model(model, options: core.AccelerateOptions):
     if not hasattr(diffusion_model, "layers") or not hasattr(diffusion_model, "context_refiner"):
         raise ValueError(f"model is a {type(diffusion_model).__name__}: ZImageLabAccelerate works on Z-Image "
                          "(Lumina 2 NextDiT) models only. Load z_image_turbo_bf16.safetensors with UNETLoader.")
+    options, notes = safe_options(model, options)
+    for note in notes:
+        logging.warning("ZImageLabAccelerate: %s", note)
     runtime = Runtime(options)
+    runtime.notes.extend(notes)
     patched = clone_for(model, options, runtime)
-    model = patched  # blocks below are read from the clone: a resident copy has its own modules
     if options.compile_blocks or options.fp8_matmul:
         for group in BLOCK_GROUPS:
             for i in range(len(getattr(diffusion_model, group))):
                 name = f"diffusion_model.{group}.{i}"
-                block = model.get_model_object(name)
+                block = patched.get_model_object(name)  # a resident copy has its own modules
                 if isinstance(block, AcceleratedBlock):
                     block = block.original
                 patched.add_object_patch(name, AcceleratedBlock(block, runtime))
     if options.attention != "off":
-        patched.model_options["transformer_options"]["optimized_attention_override"] = \
-            attention_override(options.attention, runtime)
+        set_attention_override(patched, attention_override(options.attention, runtime))
     if options.cuda_graphs:
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                     graph_wrapper(runtime))
+        patched.add_wrapper_with_key(graphs.DIFFUSION_MODEL, WRAPPER_KEY, graphs.graph_wrapper(runtime))
     if options.sync_free_sampling:
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
-                                     sampler_wrapper(runtime))
+        patched.add_wrapper_with_key(graphs.SAMPLER_SAMPLE, WRAPPER_KEY, graphs.sampler_wrapper(runtime))
     patched.set_attachments(WRAPPER_KEY, runtime)
     return patched, runtime
 
@@ -380,256 +95,6 @@ def accelerate_model(model, options: core.AccelerateOptions):
 def runtime_of(model):
     """The accelerator state (options, stats) of a MODEL patched by this node, or None."""
     return model.get_attachment(WRAPPER_KEY)
-
-
-# ---- CLIP: cached encodes
-
-
-def _clip_options_key(cond_stage_model) -> tuple:
-    """The per-call options ComfyUI set on the encoder (layer, layer index, pooled projection)."""
-    found = []
-    for name, module in cond_stage_model.named_modules():
-        if hasattr(module, "layer_idx") and hasattr(module, "layer"):
-            found.append((name, core.freeze(module.layer), core.freeze(module.layer_idx),
-                          core.freeze(getattr(module, "return_projected_pooled", None))))
-    return tuple(found)
-
-
-def cached_encode_token_weights(cond_stage_model):
-    """encode_token_weights through ENCODE_CACHE, keyed by tokens, encoder options and applied weight patches."""
-    original = type(cond_stage_model).encode_token_weights
-
-    def encode_token_weights(token_weight_pairs):
-        key = ("encode", core.freeze(token_weight_pairs), _clip_options_key(cond_stage_model),
-               str(getattr(cond_stage_model, "current_weight_patches_uuid", None)))
-        return core.ENCODE_CACHE.get_or_compute(cond_stage_model, key,
-                                                lambda: original(cond_stage_model, token_weight_pairs))
-
-    return encode_token_weights
-
-
-def _frozen_conditioning(value):
-    """A fresh outer list (and extras dicts) around cached conditioning tensors, so callers can append freely."""
-    return [[cond, extras.copy()] if isinstance(extras, dict) else [cond, extras] for cond, extras in value]
-
-
-class GraphedTextModel(torch.nn.Module):
-    """Stands in for the Qwen3 decoder stack: replays each forward from a CUDA graph per padded length.
-
-    Inputs are padded at the end to a multiple of 32 tokens (causal attention, pads masked: the
-    real tokens' hidden states are unchanged) so that prompts of similar length share a graph.
-    Falls back to the plain forward where a graph cannot be used (CPU, dynamic VRAM loading,
-    key/value caches for generation, embeddings other than tokens). With bf16, ComfyUI's float32
-    activations become bfloat16 (the checkpoint's own dtype, so no weight is cast) on both paths.
-    """
-
-    def __init__(self, inner: torch.nn.Module, graphs: core.GraphRunner, tf32: bool = False, bf16: bool = False):
-        super().__init__()
-        self._modules = dict(inner._modules)
-        object.__setattr__(self, "original", inner)
-        object.__setattr__(self, "graphs", graphs)
-        object.__setattr__(self, "tf32", tf32)
-        object.__setattr__(self, "bf16", bf16)
-        object.__setattr__(self, "replays", 0)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "original"), name)
-
-    def _graphable(self, x, embeds, position_ids, embeds_info, past_key_values, intermediate_output) -> bool:
-        if x is not None or embeds is None or not embeds.is_cuda or position_ids is not None or embeds_info:
-            return False
-        if past_key_values is not None or not (intermediate_output is None or isinstance(intermediate_output, int)):
-            return False
-        if torch.cuda.is_current_stream_capturing():
-            return False
-        return weights_signature(self, embeds.device) is not None
-
-    def forward(self, x, attention_mask=None, embeds=None, num_tokens=None, intermediate_output=None,
-                final_layer_norm_intermediate=True, dtype=None, position_ids=None, embeds_info=[], past_key_values=None):
-        original = self.original
-        if self.bf16 and embeds is not None and embeds.dtype == torch.float32:
-            embeds, dtype = embeds.to(torch.bfloat16), torch.bfloat16
-        if not self._graphable(x, embeds, position_ids, embeds_info, past_key_values, intermediate_output):
-            return original(x, attention_mask, embeds=embeds, num_tokens=num_tokens,
-                            intermediate_output=intermediate_output,
-                            final_layer_norm_intermediate=final_layer_norm_intermediate, dtype=dtype,
-                            position_ids=position_ids, embeds_info=embeds_info, past_key_values=past_key_values)
-        length = embeds.shape[1]
-        padded, mask = core.pad_tokens(embeds, attention_mask, 32)
-        key = (tuple(padded.shape), str(padded.dtype), mask is None, intermediate_output,
-               final_layer_norm_intermediate, str(dtype), weights_signature(self, embeds.device))
-
-        def run(e, m):
-            return original(None, m, embeds=e, num_tokens=num_tokens, intermediate_output=intermediate_output,
-                            final_layer_norm_intermediate=final_layer_norm_intermediate, dtype=dtype)
-
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.tf32 or previous  # only consulted while capturing
-        try:
-            out, _ = self.graphs.run(key + (self.tf32,), run, padded, mask)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
-        object.__setattr__(self, "replays", self.replays + 1)
-        return tuple(o[:, :length] if isinstance(o, torch.Tensor) and o.ndim == 3 else o for o in out)
-
-
-def _text_model_path(cond_stage_model) -> str | None:
-    """Dotted path (inside the CLIP's patcher model) of the decoder stack to graph, if it is a ComfyUI Llama."""
-    for name, module in cond_stage_model.named_modules():
-        if name.endswith("transformer.model") and hasattr(module, "layers") and hasattr(module, "embed_tokens"):
-            return name
-    return None
-
-
-TEXT_ENCODER_GRAPH = ("off", "on", "on + TF32", "on + bf16")
-
-
-def accelerate_clip(clip, cache: bool = True, graphs: str = "off"):
-    """A CLIP clone whose tokenizing and encoding go through the process-wide cache.
-
-    Two levels: this clone answers a repeated (tokens, layer, patches) request before ComfyUI even
-    loads the encoder (under a millisecond); and an object patch on the encoder, which survives
-    further clones (CLIPSetLastLayer, LoRA loaders), caches by tokens, encoder options and the
-    weight patches actually applied.
-    """
-    if cache and clip.patcher.forced_hooks is not None:
-        raise ValueError("clip has scheduled hooks: cached encodes cannot follow hook keyframes. "
-                         "Turn cache_text_encodes off for this CLIP.")
-    patched = clip.clone()
-    cond_stage_model = clip.cond_stage_model
-    if graphs not in TEXT_ENCODER_GRAPH:
-        raise ValueError(f"graph_text_encoder is {graphs!r}: choose one of {', '.join(TEXT_ENCODER_GRAPH)}.")
-    if graphs != "off":
-        path = _text_model_path(cond_stage_model)
-        if path is None:
-            raise ValueError("graph_text_encoder is on but this CLIP has no ComfyUI Llama/Qwen3 decoder stack: "
-                             "use it with the Z-Image text encoder (qwen_3_4b.safetensors, type lumina2).")
-        inner = patched.patcher.get_model_object(path)
-        if isinstance(inner, GraphedTextModel):
-            inner = inner.original
-        patched.patcher.add_object_patch(path, GraphedTextModel(inner, core.GraphRunner(max_graphs=8, warmup=1),
-                                                                tf32=graphs == "on + TF32", bf16=graphs == "on + bf16"))
-    if not cache:
-        return patched
-    patched.patcher.add_object_patch("encode_token_weights", cached_encode_token_weights(cond_stage_model))
-    tokenize = patched.tokenize
-    encode_scheduled = patched.encode_from_tokens_scheduled
-
-    def cached_tokenize(text, return_word_ids=False, **kwargs):
-        key = ("tokenize", text, return_word_ids, core.freeze(kwargs), core.freeze(patched.tokenizer_options))
-        return core.ENCODE_CACHE.get_or_compute(patched.tokenizer, key,
-                                                lambda: tokenize(text, return_word_ids=return_word_ids, **kwargs))
-
-    def cached_encode_from_tokens_scheduled(tokens, unprojected=False, add_dict={}, show_pbar=True):
-        if patched.patcher.forced_hooks is not None:
-            return encode_scheduled(tokens, unprojected=unprojected, add_dict=add_dict, show_pbar=show_pbar)
-        p = patched.patcher
-        key = ("scheduled", core.freeze(tokens), unprojected, core.freeze(add_dict), core.freeze(patched.layer_idx),
-               str(p.patches_uuid), tuple(sorted((k, id(v)) for k, v in p.object_patches.items())))
-        value = core.ENCODE_CACHE.get_or_compute(
-            cond_stage_model, key, lambda: encode_scheduled(tokens, unprojected=unprojected, add_dict=add_dict,
-                                                             show_pbar=show_pbar))
-        return _frozen_conditioning(value)
-
-    patched.tokenize = cached_tokenize
-    patched.encode_from_tokens_scheduled = cached_encode_from_tokens_scheduled
-    return patched
-
-
-# ---- VAE: channels-last and compiled decode
-
-
-class AcceleratedDecoder:
-    """Stands in for VAE.first_stage_model: decode() in channels-last and/or compiled; all else delegated."""
-
-    def __init__(self, model, channels_last: bool, compiled: bool, cudnn_benchmark: bool = False):
-        self._model = model
-        self._channels_last = channels_last
-        self._cudnn_benchmark = cudnn_benchmark
-        self._decode = torch.compile(model.decode, dynamic=False) if compiled else model.decode
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def decode(self, z, **kwargs):
-        if self._channels_last and z.ndim == 4:
-            z = z.contiguous(memory_format=torch.channels_last)
-        if not self._cudnn_benchmark:
-            return self._decode(z, **kwargs)
-        previous = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
-            return self._decode(z, **kwargs)
-        finally:
-            torch.backends.cudnn.benchmark = previous
-
-
-def _fast_output_applies(vae, samples) -> bool:
-    """Whether VAE.decode's plain path (whole batches, images out) is the one this latent takes."""
-    return (getattr(vae, "latent_dim", None) == 2 and samples.ndim == 4
-            and not getattr(vae.first_stage_model, "comfy_has_chunked_io", False))
-
-
-def fast_output_decode(vae, samples_in: torch.Tensor, vae_options: dict = {}) -> torch.Tensor:
-    """VAE.decode with the image finished on the decoder's device and copied to the CPU once.
-
-    ComfyUI copies each decoded batch to a new CPU tensor, copies that into the output and then
-    scales it to [0, 1] there; here the same float32 operations (vae.process_output) run on the GPU
-    and the result goes to page-locked memory in one transfer, so the pixels are bit-identical.
-    Anything else (video latents, chunked decoders, out of memory) takes ComfyUI's own decode.
-    """
-    import comfy.model_management as mm
-
-    stock = type(vae).decode
-    if not _fast_output_applies(vae, samples_in):
-        return stock(vae, samples_in, vae_options)
-    vae.throw_exception_if_invalid()
-    try:
-        memory_used = vae.memory_used_decode(samples_in.shape, vae.vae_dtype)
-        mm.load_models_gpu([vae.patcher], memory_required=memory_used, force_full_load=vae.disable_offload)
-        batch_number = max(1, int(vae.patcher.get_free_memory(vae.device) / memory_used))
-        pixels = None
-        for x in range(0, samples_in.shape[0], batch_number):
-            samples = samples_in[x:x + batch_number].to(device=vae.device, dtype=vae.vae_dtype)
-            out = vae.first_stage_model.decode(samples, **vae_options).to(dtype=vae.vae_output_dtype(), copy=True)
-            vae.process_output(out)
-            if pixels is None:
-                pin = out.is_cuda and torch.device(vae.output_device).type == "cpu"
-                pixels = torch.empty((samples_in.shape[0],) + tuple(out.shape[1:]), dtype=out.dtype,
-                                     device=vae.output_device, pin_memory=pin)
-            pixels[x:x + batch_number].copy_(out, non_blocking=pixels.is_pinned())
-            del out
-        if pixels.is_pinned():
-            torch.cuda.current_stream(vae.device).synchronize()
-    except Exception as e:
-        mm.raise_non_oom(e)
-        logging.warning("ZImageLabAccelerate: out of memory in the fast VAE output path; using ComfyUI's decode.")
-        return stock(vae, samples_in, vae_options)
-    return pixels.movedim(1, -1)
-
-
-def accelerate_vae(vae, channels_last: bool, compiled: bool, cudnn_benchmark: bool = False,
-                   fast_output: bool = False):
-    """A copy of VAE (sharing its weights and patcher): decoder channels-last and/or compiled, image finished on the GPU."""
-    patched = copy.copy(vae)
-    model = vae.first_stage_model
-    if isinstance(model, AcceleratedDecoder):
-        model = model._model
-    if channels_last or compiled or cudnn_benchmark:
-        patched.first_stage_model = AcceleratedDecoder(model, channels_last, compiled, cudnn_benchmark)
-    else:
-        patched.first_stage_model = model
-    patched.__dict__.pop("decode", None)
-    if fast_output:
-        patched.decode = lambda samples_in, vae_options={}: fast_output_decode(patched, samples_in, vae_options)
-    return patched
-
-
-# --------------------------------------------------------------------------------------------
-# node
 
 
 def describe(options: core.AccelerateOptions, clip_done: str, vae_done: str) -> str:
@@ -737,6 +202,7 @@ class ZImageAccelerate(io.ComfyNode):
         runtime = None
         if options.any:
             out_model, runtime = accelerate_model(model, options)
+            options = runtime.options  # what runs: an option this server cannot run safely is off
         else:
             out_model = model
         clip_on = cache_text_encodes or graph_text_encoder != "off"
@@ -746,10 +212,13 @@ class ZImageAccelerate(io.ComfyNode):
         out_vae = accelerate_vae(vae, vae_channels_last, vae_compile, fast_output=vae_fast_output) if vae_done else vae
         record = {"node": "ZImageLabAccelerate", **options.to_dict(), "cache_text_encodes": cache_text_encodes,
                   "graph_text_encoder": graph_text_encoder, "vae_channels_last": vae_channels_last,
-                  "vae_compile": vae_compile, "vae_fast_output": vae_fast_output}
+                  "vae_compile": vae_compile, "vae_fast_output": vae_fast_output,
+                  "switched_off": list(runtime.notes) if runtime is not None else []}
         clip_done = " + ".join(n for n, on in (("cached", cache_text_encodes),
                                                 (f"CUDA graph ({graph_text_encoder})", graph_text_encoder != "off")) if on)
         text = describe(options, clip_done, vae_done)
+        if runtime is not None and runtime.notes:
+            text += "; " + "; ".join(runtime.notes)
         if runtime is not None and runtime.resident_copy:
             text += "; DynamicVRAM model reloaded with resident weights (needed by CUDA graphs / FP8)"
         elif runtime is not None and runtime.stats.fallback_reasons:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from comfy_api.latest import io, ui
 from safetensors.torch import save_file
 
 from ..core import refiner_lora_train as core
+from ._internals.memory import detached_copy
 from . import CATEGORY
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,10 @@ def patched_weight(model, key: str, device):
 
 
 def frozen_copy(module, prefix: str, model, device):
-    """A float32 copy of a DiT submodule with the patcher's weights, detached from the model."""
-    memo = {}
-    for name, p in module.named_parameters():
-        memo[id(p)] = torch.nn.Parameter(patched_weight(model, prefix + name, device), requires_grad=False)
-    for m in module.modules():
-        for attr in ("weight_function", "bias_function"):
-            if isinstance(getattr(m, attr, None), list):
-                memo[id(getattr(m, attr))] = []  # lowvram patch hooks stay with the model
-    return copy.deepcopy(module, memo)
+    """A float32 copy of a DiT submodule with the patcher's weights, sharing nothing with the model
+    (DynamicVRAM allocations and patch hooks stay with the model; nothing is pickled)."""
+    weights = {name: patched_weight(model, prefix + name, device) for name, _ in module.named_parameters()}
+    return detached_copy(module, weights)
 
 
 def differentiable_attention(func, *args, **kwargs):

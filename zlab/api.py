@@ -72,13 +72,17 @@ class ComfyClient:
         """Every node type the server knows, with its input schema."""
         return self.get_json("/object_info")
 
-    def queue(self, prompt: dict) -> str:
-        """POST an API-format prompt; return its prompt_id or raise with the validation errors."""
+    def queue(self, prompt: dict, extra_data: dict | None = None) -> str:
+        """POST an API-format prompt (``extra_data``: e.g. ``{"extra_pnginfo": {"workflow": ui}}``, which
+        SaveImage writes into the PNG); return its prompt_id or raise with the validation errors."""
         missing = self.missing_node_types(prompt)
         if missing:
             raise ComfyError("the server lacks these node types: " + ", ".join(sorted(missing)) +
                              ". Install the node packs that provide them (Z-Image Lab nodes need this pack in custom_nodes).")
-        data = json.dumps({"prompt": prompt, "client_id": self.client_id}).encode()
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if extra_data:
+            body["extra_data"] = extra_data
+        data = json.dumps(body).encode()
         try:
             with self._open("/prompt", data=data) as response:
                 return json.loads(response.read())["prompt_id"]

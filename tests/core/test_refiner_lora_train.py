@@ -138,3 +138,31 @@ def test_loss_plot_is_an_rgb_image():
     image = rt.loss_plot(history)
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "float32"
     assert 0 <= image.min() and image.max() <= 1 and image.std() > 0
+
+
+def test_detached_copy_leaves_dynamic_vram_state_with_the_model():
+    """The trainer's frozen copies: a module carrying comfy-aimdo state (ctypes pointers) and patch hooks."""
+    import copy
+    import ctypes
+
+    from nodes._internals.memory import detached_copy
+
+    block = ToyBlock(8, torch.Generator().manual_seed(0))
+    qkv = block.attention.qkv
+    qkv._v = ctypes.pointer(ctypes.c_int(7))  # what comfy-aimdo hangs on a DynamicVRAM module
+    qkv._v_signature = 0
+    qkv.weight_lowvram_function = lambda w: w
+    qkv.weight_function = [lambda w: w]
+    qkv.comfy_cast_weights = True
+    with pytest.raises(ValueError, match="ctypes"):
+        copy.deepcopy(block)  # what the trainer did before
+    weights = {n: p.detach().double().clone() for n, p in block.named_parameters()}
+    copied = detached_copy(block, weights)
+    assert qkv._v.contents.value == 7 and qkv.weight_function and qkv.comfy_cast_weights  # the model keeps its state
+    cq = copied.attention.qkv
+    assert not hasattr(cq, "_v") and not hasattr(cq, "_v_signature") and not hasattr(cq, "weight_lowvram_function")
+    assert cq.weight_function == [] and cq.comfy_cast_weights is False
+    for name, p in copied.named_parameters():
+        assert p is not dict(block.named_parameters())[name] and torch.equal(p, weights[name]) and not p.requires_grad
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    assert torch.equal(copied(x, None, None), block.double()(x, None, None))

@@ -1,0 +1,105 @@
+"""ZImageLabAccelerate on the servers users run: options that cannot run safely are switched off before anything
+is patched, foreign attention overrides are kept, newer ComfyUI call signatures pass through, and the VAE mirror
+follows the running VAE.decode. In-process, with the running ComfyUI's own classes (CPU)."""
+
+import inspect
+
+import pytest
+import torch
+
+import comfy_inprocess as ci
+import harness
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def comfy(lab):
+    ci.import_comfy(harness.find_comfyui())
+    return lab.base / "models"
+
+
+@pytest.fixture(scope="module")
+def acc(comfy):
+    return ci.pack_module("nodes.accelerate")
+
+
+@pytest.fixture(scope="module")
+def graphs(comfy):
+    return ci.pack_module("nodes._internals.graphs")
+
+
+def test_compiled_blocks_are_not_captured_under_cudamallocasync(graphs):
+    reason = graphs.graph_conflict(True, True, backend="cudaMallocAsync")
+    assert reason and "--disable-cuda-malloc" in reason and "cudaMallocAsync" in reason
+    assert graphs.graph_conflict(True, True, backend="native") is None
+    assert graphs.graph_conflict(False, True, backend="cudaMallocAsync") is None  # eager ops capture fine
+    assert graphs.graph_conflict(True, False, backend="cudaMallocAsync") is None
+    assert graphs.allocator_backend() in ("native", "cudaMallocAsync")
+
+
+def test_safe_options_switch_off_before_patching(acc, graphs, comfy, monkeypatch):
+    core = ci.pack_module("core.accelerate")
+    model = ci.tiny_dit(comfy)
+    monkeypatch.setattr(graphs, "allocator_backend", lambda: "cudaMallocAsync")  # the allocator ComfyUI picks on GPU
+    options = core.AccelerateOptions(compile_blocks=True, cuda_graphs=True, sync_free_sampling=True)
+    safe, notes = acc.safe_options(model, options)
+    assert safe == core.AccelerateOptions(compile_blocks=True, cuda_graphs=False, sync_free_sampling=True)
+    assert len(notes) == 1 and "cuda_graphs switched off" in notes[0] and "--disable-cuda-malloc" in notes[0]
+    patched, runtime = acc.accelerate_model(model, options)
+    assert runtime.options.cuda_graphs is False and runtime.notes == notes
+    assert not patched.wrappers.get(graphs.DIFFUSION_MODEL, {}).get(acc.WRAPPER_KEY)  # no graph wrapper installed
+    assert patched.wrappers.get(graphs.SAMPLER_SAMPLE, {}).get(acc.WRAPPER_KEY)
+
+
+def test_a_foreign_attention_override_is_kept(acc, comfy):
+    core = ci.pack_module("core.accelerate")
+    ops = ci.pack_module("nodes._internals.ops")
+    model = ci.tiny_dit(comfy).clone()
+
+    def their_override(func, *args, **kwargs):  # what ModelAttentionBackend / BlockSparseAttention install
+        return func(*args, **kwargs)
+
+    ops.set_attention_override(model, their_override)
+    patched, runtime = acc.accelerate_model(model, core.AccelerateOptions(attention="auto", compile_blocks=True))
+    assert ops.attention_override_of(patched) is their_override
+    assert ops.attention_override_of(model) is their_override
+    assert runtime.options.attention == "off" and any("attention left to" in n for n in runtime.notes)
+    plain, runtime = acc.accelerate_model(ci.tiny_dit(comfy), core.AccelerateOptions(attention="auto"))
+    assert getattr(ops.attention_override_of(plain), "zimage_lab", False) and not runtime.notes
+
+
+def test_graphed_text_model_passes_newer_keywords_through(comfy):
+    llama = ci.pack_module("nodes._internals.llama")
+    core = ci.pack_module("core.accelerate")
+    clip = ci.tiny_clip(comfy)
+    path = llama._text_model_path(clip.cond_stage_model)
+    inner = clip.patcher.get_model_object(path)
+    graphed = llama.GraphedTextModel(inner, core.GraphRunner())
+    embeds = torch.randn(1, 7, inner.embed_tokens.weight.shape[1])
+    expected = inner(None, None, embeds=embeds, intermediate_output=-2)
+    # later Llama2_.forward callers (TextGenerate, 0.36+) pass these; unset they change nothing
+    got = graphed(None, None, embeds=embeds, intermediate_output=-2, input_ids=None, deepstack_embeds=None,
+                  visual_pos_masks=None, decode_buffers=None)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected) if isinstance(a, torch.Tensor))
+    accepts = set(inspect.signature(type(inner).forward).parameters)
+    if "deepstack_embeds" not in accepts:  # this ComfyUI's Llama has no such input: the same error as stock
+        with pytest.raises(TypeError, match="deepstack_embeds"):
+            graphed(None, None, embeds=embeds, deepstack_embeds=[embeds])
+
+
+def test_fast_vae_output_follows_the_running_decode(comfy):
+    import comfy.model_management
+    import comfy.sd
+
+    vae_mod = ci.pack_module("nodes._internals.vae")
+    assert vae_mod.mirror_applies(comfy.sd.VAE)  # the running VAE.decode uses only contexts the mirror knows
+    uses_context = "cuda_device_context" in inspect.getsource(comfy.sd.VAE.decode)
+    assert vae_mod._decode_contexts(comfy.sd.VAE.decode) == ({"cuda_device_context"} if uses_context else set())
+
+    class NewerVAE(comfy.sd.VAE):
+        def decode(self, samples_in, vae_options={}):
+            with comfy.model_management.pause_malloc_graph(self.device):  # a context the mirror does not know
+                return super().decode(samples_in, vae_options)
+
+    assert not vae_mod.mirror_applies(NewerVAE)
