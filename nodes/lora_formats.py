@@ -65,6 +65,7 @@ class ZImageLoRAInspector(io.ComfyNode):
                                        "of it, and the keys its loader would skip. The model is not changed."),
             ],
             outputs=[io.String.Output("report", tooltip="The inspection report as text.")],
+            is_output_node=True,
         )
 
     @classmethod
