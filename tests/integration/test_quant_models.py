@@ -98,7 +98,8 @@ def nag(graph, nid, model_ref):
 
 
 def ablation(graph, nid, model_ref):
-    graph[nid] = {"class_type": "ZImageLabLayerAblation", "inputs": {"model": model_ref, "layers": "3,7-9", "scale": 0.0}}
+    graph[nid] = {"class_type": "ZImageLabLayerAblation", "inputs": {"model": model_ref, "layers": "3,7-9", "scale": 0.0,
+                                                                       "start_percent": 0.0, "end_percent": 1.0}}
     return [nid, 0]
 
 
@@ -143,3 +144,42 @@ def test_lora_loader_on_quantized_weights_adds_the_formula_delta(lab, kinds, kin
         else:  # scaled fp8: one fp8 step of the scaled value
             bound = 2.0 ** -3 * want[key].double().abs() + want[key].double().abs().max() * 2.0 ** -9
             assert bool((err <= bound).all()), (key, err.max())
+
+
+def accelerate(graph, nid, model_ref):
+    graph[nid] = {"class_type": "ZImageLabAccelerate", "inputs": {
+        "model": model_ref, "attention": "math", "compile_blocks": False, "cuda_graphs": False, "fp8_matmul": False,
+        "sync_free_sampling": False, "cache_text_encodes": False, "graph_text_encoder": "off", "vae_channels_last": False}}
+    return [nid, 0]
+
+
+def slg(graph, nid, model_ref):
+    graph[nid] = {"class_type": "ZImageLabSkipLayerGuidance", "inputs": {
+        "model": model_ref, "layers": "7-12", "scale": 2.5, "start_percent": 0.0, "end_percent": 1.0}}
+    return [nid, 0]
+
+
+def refiner_ablation(graph, nid, model_ref):
+    graph[nid] = {"class_type": "ZImageLabRefinerAblation", "inputs": {
+        "model": model_ref, "context_blocks": "1", "context_scales": "0.0", "noise_blocks": "0", "noise_scales": "0.5"}}
+    return [nid, 0]
+
+
+def rope_extend(graph, nid, model_ref):
+    graph[nid] = {"class_type": "ZImageLabRoPEExtend", "inputs": {
+        "model": model_ref, "method": "ntk", "scale_mode": "factor", "factor": 4.0, "trained_length": 4}}
+    return [nid, 0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("patch", [accelerate, slg, refiner_ablation, rope_extend],
+                         ids=["accelerate", "skip_layer_guidance", "refiner_ablation", "rope_extend"])
+def test_more_nodes_match_or_refuse_clearly(lab, kinds, kind, patch):
+    from zlab.api import ComfyError
+
+    try:
+        q, r = run_pair(lab, kinds, kind, patch)
+    except ComfyError as e:  # a refusal must name the model kind, not be a raw error from deep inside
+        assert any(word in str(e) for word in ("fp8", "GGUF", "scaled", "quantized")), str(e)
+        return
+    assert rel_err(q, r) <= OUTPUT_TOL, rel_err(q, r)

@@ -150,7 +150,7 @@ def _nodes():
             return io.Schema(
                 node_id="ZImageLabTestTinyGGUFLoader", display_name="Tiny Z-Image GGUF Loader (tests)",
                 category="Z-Image Lab/testing", description="ComfyUI-GGUF's Unet Loader (GGUF) on a tiny Z-Image file.",
-                inputs=[io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"))],
+                inputs=[io.String.Input("unet_name", tooltip="A .gguf file name in models/diffusion_models.")],
                 outputs=[io.Model.Output()])
 
         @classmethod
@@ -186,9 +186,11 @@ def _nodes():
 
 def _pack_quant():
     """The pack's nodes._internals.quant, whatever name ComfyUI imported the pack under."""
-    for name, module in list(sys.modules.items()):
-        if name.endswith("nodes._internals.quant"):
-            return module
+    import importlib
+
+    for name in list(sys.modules):
+        if name.endswith("nodes._internals.lora"):
+            return importlib.import_module(name[:-len("lora")] + "quant")
     raise RuntimeError("Z-Image Lab is not loaded in this server")
 
 
