@@ -161,7 +161,8 @@ def slg(graph, nid, model_ref):
 
 def refiner_ablation(graph, nid, model_ref):
     graph[nid] = {"class_type": "ZImageLabRefinerAblation", "inputs": {
-        "model": model_ref, "context_blocks": "1", "context_scales": "0.0", "noise_blocks": "0", "noise_scales": "0.5"}}
+        "model": model_ref, "context_blocks": "1", "context_scales": "0.0", "noise_blocks": "0", "noise_scales": "0.5",
+        "start_percent": 0.0, "end_percent": 1.0}}
     return [nid, 0]
 
 
