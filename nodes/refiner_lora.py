@@ -80,7 +80,8 @@ def apply_lora(model, lora: dict, source: str, strength: float, target: str, blo
         raise ValueError(f"{source} has no key ComfyUI maps to this Z-Image model ({len(lora)} keys, e.g. {sample}): "
                          "it is not a Z-Image LoRA, or not in a key format ComfyUI reads (diffusers to_q/to_k/to_v/"
                          "to_out.0, PEFT lora_A/lora_B, kohya lora_up/lora_down)")
-    shapes = {k: tuple(v.shape) for k, v in model.model_state_dict().items()}
+    shapes = {k: tuple(getattr(v, "tensor_shape", None) or v.shape)  # GGUF: the logical shape, not the blocks'
+              for k, v in model.model_state_dict().items()}
     core.check_entries_match(entries, {core.block_of(k) for k in shapes if k.startswith("diffusion_model.")})
     selected, outside, muted, problems = [], {}, {}, []
     for key, patch in patches.items():
