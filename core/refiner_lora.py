@@ -20,6 +20,20 @@ TARGETS = {
     "everything": None,
 }
 BLOCK_GROUPS = ("context_refiner", "noise_refiner", "layers")
+_MAIN_OFF = "context_refiner=0, noise_refiner=0, other=0"
+PRESETS = {
+    "none": "",
+    "refiners only": "layers=0, other=0",
+    "context refiner only": "noise_refiner=0, layers=0, other=0",
+    "noise refiner only": "context_refiner=0, layers=0, other=0",
+    "main layers only": _MAIN_OFF,
+    "layers 0-9 (early)": f"{_MAIN_OFF}, layers.10-29=0",
+    "layers 10-19 (middle)": f"{_MAIN_OFF}, layers.0-9=0, layers.20-29=0",
+    "late layers (20-29)": f"{_MAIN_OFF}, layers.0-19=0",
+    "no refiners": "context_refiner=0, noise_refiner=0",
+}
+"""Per-block strength presets, written in the block_strengths syntax; the user's own entries come after
+and win (the last entry naming a block sets its multiplier)."""
 OTHER = "other"
 
 _BLOCK = re.compile(r"^(?:diffusion_model\.)?(context_refiner|noise_refiner|layers)\.(\d+)\.")
@@ -68,6 +82,13 @@ def parse_block_strengths(text: str) -> list[tuple[str, int | None, int | None, 
             raise ValueError(f"block_strengths entry {item!r}: the range end is below its start")
         entries.append((group, first, last, number))
     return entries
+
+
+def preset_entries(preset: str, text: str):
+    """Parsed entries of a preset followed by the user's block_strengths."""
+    if preset not in PRESETS:
+        raise ValueError(f"block_preset is {preset!r}: choose one of {', '.join(PRESETS)}")
+    return parse_block_strengths(PRESETS[preset]) + parse_block_strengths(text)
 
 
 def entry_matches(entry, block: str) -> bool:
@@ -137,7 +158,7 @@ def compress_blocks(blocks) -> str:
 
 
 def report(source: str, strength: float, target: str, applied: dict[str, int], outside: dict[str, int],
-           muted: dict[str, int], not_understood: list[str]) -> str:
+           muted: dict[str, int], not_understood: dict[str, str]) -> str:
     """Human-readable account of what a LoRA load applied and skipped."""
     lines = [f"{source}: applied {sum(applied.values())} patches to {len(applied)} blocks at strength {strength:g} "
              f"(target {target}): {compress_blocks(applied)}"]
@@ -146,6 +167,9 @@ def report(source: str, strength: float, target: str, applied: dict[str, int], o
     if muted:
         lines.append(f"skipped {sum(muted.values())} patches at block strength 0: {compress_blocks(muted)}")
     if not_understood:
-        shown = ", ".join(not_understood[:8]) + (f" and {len(not_understood) - 8} more" if len(not_understood) > 8 else "")
-        lines.append(f"{len(not_understood)} file keys ComfyUI does not map to this model: {shown}")
+        lines.append(f"{len(not_understood)} file keys not loaded:")
+        keys = sorted(not_understood)
+        lines.extend(f"  {k}: {not_understood[k]}" for k in keys[:12])
+        if len(keys) > 12:
+            lines.append(f"  ... and {len(keys) - 12} more (the LoRA Inspector lists them all)")
     return "\n".join(lines)

@@ -5,19 +5,16 @@ from __future__ import annotations
 import math
 import os
 
-import comfy.lora
-import comfy.lora_convert
-import comfy.weight_adapter
 import folder_paths
-import torch
 from comfy_api.latest import io
 
+from ..core import lora_formats
 from ..core import refiner_lora as core
 from . import CATEGORY
+from ._internals import lora as comfy_lora
 
 NO_FILE = "[none]"
 SAFETENSORS = (".safetensors", ".sft")
-_CONSUMED_SUFFIXES = (".alpha", ".dora_scale", ".w_norm", ".b_norm", ".diff", ".diff_b", ".set_weight", ".reshape_weight")
 
 
 def read_lora_file(lora_name: str) -> dict:
@@ -37,16 +34,12 @@ def read_lora_file(lora_name: str) -> dict:
 
 
 def parse_patches(model, lora: dict):
-    """ComfyUI's patches for this model (LoraLoader's own parsing) and the file keys it did not use."""
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    converted = comfy.lora_convert.convert_lora(lora)
-    patches = comfy.lora.load_lora(converted, key_map, log_missing=False)
-    used = set()
-    for patch in patches.values():
-        used |= set(getattr(patch, "loaded_keys", ()) or ())
-    for name in key_map:
-        used.update(name + s for s in _CONSUMED_SUFFIXES if name + s in converted)
-    return patches, sorted(k for k in converted if k not in used)
+    """ComfyUI's patches for this model (its own parsing plus the Z-Image names it lacks) and
+    {file key it did not use: why}."""
+    patches, _, converted, unused = comfy_lora.parse_patches(model, lora)
+    reasons = lora_formats.describe(converted)["not_loadable"]
+    return patches, {k: reasons.get(k, "its module name matches no weight of this model (a LoRA for another model "
+                                       "or size, or a layout not recognised)") for k in unused}
 
 
 def _target_shape(shapes: dict, key) -> tuple[str, tuple]:
@@ -62,30 +55,23 @@ def _target_shape(shapes: dict, key) -> tuple[str, tuple]:
 
 def shape_problem(patch, target_shape: tuple, name: str) -> str | None:
     """Why a patch cannot apply to a weight of this shape, or None."""
-    if isinstance(patch, comfy.weight_adapter.LoRAAdapter) and patch.weights[3] is None and patch.weights[5] is None:
-        return core.lora_shape_error(target_shape, tuple(patch.weights[0].shape), tuple(patch.weights[1].shape))
-    if isinstance(patch, tuple) and patch[0] in ("diff", "set"):
-        got = tuple(patch[1][0].shape)
-        return None if got == target_shape else f"{patch[0]} tensor has shape {got}, the weight {target_shape}"
-    reached = []
-
-    def record(delta):
-        reached.append(True)
-        return delta
-
-    try:  # any other adapter: let ComfyUI compute it on a zero weight and see whether it gets through
-        patch.calculate_weight(torch.zeros(target_shape), name, 1.0, 1.0, None, record)
-    except Exception as e:
-        return str(e)
-    return None if reached else f"cannot be applied to a weight of shape {target_shape}"
+    if comfy_lora.is_plain_lora(patch):
+        up, down = comfy_lora.lora_factors(patch)
+        return core.lora_shape_error(target_shape, tuple(up.shape), tuple(down.shape))
+    kind_shape = comfy_lora.tuple_patch_shape(patch)
+    if kind_shape is not None:
+        kind, got = kind_shape
+        return None if got == target_shape else f"{kind} tensor has shape {got}, the weight {target_shape}"
+    return comfy_lora.trial_apply(patch, target_shape, name)
 
 
-def apply_lora(model, lora: dict, source: str, strength: float, target: str, block_strengths: str = ""):
+def apply_lora(model, lora: dict, source: str, strength: float, target: str, block_strengths: str = "",
+               block_preset: str = "none"):
     """(patched clone or the model itself at strength 0, report); everything is checked before cloning."""
     if not math.isfinite(strength):
         raise ValueError(f"strength is {strength}: use a finite number (1.0 = as trained, 0 = off)")
     core.in_target("other", target)  # validates target
-    entries = core.parse_block_strengths(block_strengths)
+    entries = core.preset_entries(block_preset, block_strengths)
     if not lora:
         raise ValueError(f"{source} holds no tensors: it is not a LoRA")
     patches, not_understood = parse_patches(model, lora)
@@ -94,7 +80,8 @@ def apply_lora(model, lora: dict, source: str, strength: float, target: str, blo
         raise ValueError(f"{source} has no key ComfyUI maps to this Z-Image model ({len(lora)} keys, e.g. {sample}): "
                          "it is not a Z-Image LoRA, or not in a key format ComfyUI reads (diffusers to_q/to_k/to_v/"
                          "to_out.0, PEFT lora_A/lora_B, kohya lora_up/lora_down)")
-    shapes = {k: tuple(v.shape) for k, v in model.model_state_dict().items()}
+    shapes = {k: tuple(getattr(v, "tensor_shape", None) or v.shape)  # GGUF: the logical shape, not the blocks'
+              for k, v in model.model_state_dict().items()}
     core.check_entries_match(entries, {core.block_of(k) for k in shapes if k.startswith("diffusion_model.")})
     selected, outside, muted, problems = [], {}, {}, []
     for key, patch in patches.items():
@@ -144,9 +131,10 @@ class ZImageRefinerLoRALoader(io.ComfyNode):
             description=(
                 "Loads a LoRA into chosen Z-Image blocks only: the context refiner (the 2 caption-only blocks), "
                 "the noise refiner (2 image-only blocks), both, or everything (= ComfyUI's LoraLoaderModelOnly). "
-                "Reads every format ComfyUI reads for Z-Image (diffusers to_q/to_k/to_v/to_out.0, PEFT "
-                "lora_A/lora_B, kohya lora_up/lora_down with alpha), checks shapes before patching, optional "
-                "per-block strengths, and reports which patches it applied and skipped. Strength 0 = unchanged."
+                "Reads the Z-Image LoRAs of every trainer: ai-toolkit, musubi-tuner / kohya (split to_q/to_k/to_v or "
+                "fused qkv), DiffSynth / ModelScope, diffusers / PEFT, LyCORIS LoKr / LoHa; split q/k/v land on the "
+                "fused qkv. Checks shapes before patching, per-block strengths and presets, and reports which "
+                "patches it applied and every key it skipped and why. Strength 0 = unchanged."
             ),
             search_aliases=["lora", "context refiner lora", "refiner lora", "block lora"],
             inputs=[
@@ -161,6 +149,9 @@ class ZImageRefinerLoRALoader(io.ComfyNode):
                 io.String.Input("block_strengths", default="", multiline=True, optional=True,
                                 tooltip="Optional per-block multipliers, e.g. 'context_refiner.0=1, context_refiner.1=0.5' "
                                         "or 'layers.0-9=0'. Names: context_refiner[.N], noise_refiner[.N], layers[.N[-M]], other."),
+                io.Combo.Input("block_preset", options=list(core.PRESETS), default="none", optional=True,
+                               tooltip="Per-block strength preset (multipliers of whole blocks; q, k and v of the fused qkv "
+                                       "move together). block_strengths entries are applied after it and win."),
                 io.LoraModel.Input("lora", optional=True,
                                    tooltip="A LoRA produced in this graph (e.g. by Z-Image Refiner LoRA Train); used instead of lora_name."),
             ],
@@ -171,14 +162,14 @@ class ZImageRefinerLoRALoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, lora_name, strength, target, block_strengths="", lora=None) -> io.NodeOutput:
+    def execute(cls, model, lora_name, strength, target, block_strengths="", block_preset="none", lora=None) -> io.NodeOutput:
         if lora is not None:
             source, state = "the connected LoRA", lora
         elif lora_name == NO_FILE:
             raise ValueError(f"lora_name is {NO_FILE}: pick a LoRA file, or connect a LORA_MODEL to 'lora'")
         else:
             source, state = lora_name, read_lora_file(lora_name)
-        patched, text = apply_lora(model, state, source, strength, target, block_strengths)
+        patched, text = apply_lora(model, state, source, strength, target, block_strengths, block_preset)
         return io.NodeOutput(patched, text, ui={"text": [text]})
 
 

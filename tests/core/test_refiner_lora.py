@@ -66,9 +66,9 @@ def test_lora_shape_check():
 
 def test_report_counts_and_compresses_blocks():
     text = rl.report("x.safetensors", 0.5, "context refiner", {"context_refiner.0": 4, "context_refiner.1": 4},
-                     {f"layers.{i}": 2 for i in range(30)} | {"other": 1}, {}, ["a.lora_up.weight"])
+                     {f"layers.{i}": 2 for i in range(30)} | {"other": 1}, {}, {"a.lora_up.weight": "no weight"})
     lines = text.splitlines()
     assert lines[0] == "x.safetensors: applied 8 patches to 2 blocks at strength 0.5 (target context refiner): context_refiner.0-1"
     assert lines[1] == "skipped 61 patches outside the target: layers.0-29, other"
-    assert lines[2].startswith("1 file keys ComfyUI does not map")
+    assert lines[2] == "1 file keys not loaded:" and lines[3] == "  a.lora_up.weight: no weight"
     assert rl.compress_blocks(["layers.1", "layers.2", "layers.7", "noise_refiner.0"]) == "layers.1-2,7, noise_refiner.0"

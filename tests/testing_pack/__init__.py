@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import inspector_probes  # noqa: E402
 import lab_probes  # noqa: E402
 import model_probes  # noqa: E402
+import quant_models  # noqa: E402
 import robustness_probes  # noqa: E402
 import tiny_models  # noqa: E402
 from probe_model import ProbeModel  # noqa: E402
@@ -61,7 +62,7 @@ class TinyQwen3Loader(io.ComfyNode):
 class TestingExtension(ComfyExtension):
     async def get_node_list(self):
         return [TinyZImageLoader, TinyQwen3Loader, ProbeModel, ConditioningProbe, *lab_probes.NODES, *model_probes.NODES,
-                *inspector_probes.NODES, *robustness_probes.NODES]
+                *inspector_probes.NODES, *robustness_probes.NODES, *quant_models.NODES]
 
 
 async def comfy_entrypoint():
