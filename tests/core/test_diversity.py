@@ -1,0 +1,85 @@
+"""Diversity measures against values computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core import diversity as d
+
+C1, C2 = 0.01 ** 2, 0.03 ** 2  # SSIM constants for data range 1
+
+
+def flat(colour, size=32):
+    """An IMAGE [1, size, size, 3] of one colour."""
+    return torch.tensor(colour, dtype=torch.float32).view(1, 1, 1, 3).expand(1, size, size, 3).clone()
+
+
+def test_ssim_distance_of_flat_images_is_the_luminance_term():
+    # constant images: every window has mean m, variance 0, so SSIM = (2 m_a m_b + C1) / (m_a^2 + m_b^2 + C1)
+    a, b = flat([0.2, 0.2, 0.2]), flat([0.6, 0.6, 0.6])
+    expected = 1 - (2 * 0.2 * 0.6 + C1) / (0.2 ** 2 + 0.6 ** 2 + C1)
+    report = d.image_diversity(torch.cat([a, b]), size=32)
+    assert report["ssim"] == pytest.approx(expected, abs=1e-6)
+    assert d.image_diversity(torch.cat([a, a]), size=32)["ssim"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_histogram_distance_by_hand():
+    red, blue, purple = flat([1.0, 0.0, 0.0]), flat([0.0, 0.0, 1.0]), flat([1.0, 0.0, 1.0])
+    # red vs blue: R channel all in the top bin vs all in the bottom bin (TV 1), G equal (0), B (1) -> mean 2/3
+    # red vs purple: only B differs -> 1/3; blue vs purple: only R differs -> 1/3
+    report = d.image_diversity(torch.cat([red, blue, purple]), size=32, bins=4)
+    assert report["histogram"] == pytest.approx((2 / 3 + 1 / 3 + 1 / 3) / 3)
+    half = torch.zeros(1, 2, 2, 3)
+    half[0, 0] = 0.9  # half the pixels white-ish, half black
+    h = d.colour_histogram(d.as_batch(half)[0], 2)
+    assert torch.allclose(h, torch.tensor([[0.5, 0.5]] * 3, dtype=torch.float64))
+
+
+def test_pixel_and_latent_rmse_by_hand():
+    a, b, c = flat([0.0] * 3, 8), flat([0.5] * 3, 8), flat([1.0] * 3, 8)
+    report = d.image_diversity(torch.cat([a, b, c]), size=8)
+    assert report["pixel_rmse"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    latents = torch.zeros(3, 4, 2, 2)
+    latents[1] += 1.0
+    latents[2] += 3.0
+    assert d.latent_diversity(latents) == pytest.approx((1.0 + 3.0 + 2.0) / 3)
+
+
+def test_ms_ssim_only_on_large_enough_images():
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(2, 64, 64, 3, generator=g)
+    assert d.image_diversity(small, size=64)["ms_ssim"] is None
+    big = torch.rand(2, 200, 200, 3, generator=g)
+    report = d.image_diversity(big, size=256)
+    assert 0.0 < report["ms_ssim"] <= 1.0 and report["size"] == [200, 200]
+
+
+def test_downscale_keeps_aspect_and_small_images():
+    x = torch.rand(2, 3, 100, 400)
+    assert d.downscale(x, 200).shape[-2:] == (50, 200)
+    assert d.downscale(x, 1000) is x
+
+
+def test_embedding_diversity_and_fidelity_by_hand():
+    e = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    # cosines: (0,1) 0, (0,2) 1/sqrt2, (1,2) 1/sqrt2
+    expected = ((1 - 0) + 2 * (1 - 1 / math.sqrt(2))) / 3
+    assert d.embedding_diversity(e) == pytest.approx(expected)
+    text = torch.tensor([3.0, 0.0])
+    assert d.fidelity(e, text) == pytest.approx((1 + 0 + 1 / math.sqrt(2)) / 3)
+    with pytest.raises(ValueError, match="one model"):
+        d.fidelity(e, torch.ones(3))
+
+
+def test_pairwise_needs_two_items():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        d.image_diversity(flat([0.1, 0.2, 0.3]))
+
+
+def test_plots_are_images():
+    grid = d.seed_grid([("stock", torch.rand(3, 16, 16, 3)), ("noise", torch.rand(2, 16, 16, 3))], tile=64)
+    assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[-1] == 3
+    plot = d.strength_plot({"caption": [(0.0, 0.1), (1.0, 0.3)], "empty": []}, "ssim")
+    assert plot.shape[-1] == 3 and plot.std() > 0
