@@ -157,7 +157,11 @@ def load_lpips(net: str = "alex"):
         raise ValueError("LPIPS needs the lpips package: pip install lpips") from None
     if net not in ("alex", "vgg", "squeeze"):
         raise ValueError(f"LPIPS net is {net!r}: choose alex, vgg or squeeze")
-    return lpips.LPIPS(net=net, verbose=False).eval()
+    import warnings
+
+    with warnings.catch_warnings():  # lpips calls torchvision's deprecated pretrained=True
+        warnings.simplefilter("ignore", UserWarning)
+        return lpips.LPIPS(net=net, verbose=False).eval()
 
 
 def lpips_diversity(model, images, size: int = 256) -> float:

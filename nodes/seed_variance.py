@@ -265,8 +265,9 @@ class EarlyStepVariation(io.ComfyNode):
             category=SUBCATEGORY,
             description=("Seed variance: for the first steps only, every seed gets its own flow shift (the model is told "
                          "the noise level of shift x exp(strength u)) or its own guidance scale (cfg + strength u), u "
-                         "uniform in [-1, 1] drawn from the seed. 'guidance' runs the negative at every step, even at "
-                         "cfg 1. Strength 0 gives the stock image bit for bit."),
+                         "uniform in [-1, 1] drawn from the seed. Every shift leaves sigma 1 (the first step) unchanged, so "
+                         "'shift' needs steps >= 2. 'guidance' runs the negative at every step, even at cfg 1. Strength 0 "
+                         "gives the stock image bit for bit."),
             search_aliases=["seed variance", "shift jitter", "guidance jitter", "diversity"],
             inputs=[
                 model_input(),
@@ -275,7 +276,7 @@ class EarlyStepVariation(io.ComfyNode):
                                        "CFG scale against the negative (one extra pass per step)."),
                 strength_input(0.5, "shift: log of the largest shift multiplier (0.5 -> x0.61..x1.65). guidance: largest "
                                     "change of the CFG scale. 0 = off (stock)."),
-                steps_input(),
+                steps_input(3),
                 seed_input(),
             ],
             outputs=[io.Model.Output(tooltip="The patched clone: use it in any sampler.")],

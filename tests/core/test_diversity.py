@@ -83,3 +83,52 @@ def test_plots_are_images():
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[-1] == 3
     plot = d.strength_plot({"caption": [(0.0, 0.1), (1.0, 0.3)], "empty": []}, "ssim")
     assert plot.shape[-1] == 3 and plot.std() > 0
+
+
+def test_lpips_loads_real_weights_through_the_real_loader_and_matches_the_formula(tmp_path, monkeypatch):
+    """LPIPS (squeeze) built by the lpips package from torchvision's cache file: a random SqueezeNet 1.1 of the real
+    architecture written where torchvision looks (no download), the package's own linear heads; the distance is
+    recomputed by hand from the backbone features and the heads file."""
+    lpips = pytest.importorskip("lpips")
+    tv = pytest.importorskip("torchvision")
+    import os
+
+    torch.manual_seed(0)
+    backbone = tv.models.squeezenet1_1()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(backbone.state_dict(), cache / os.path.basename(tv.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = d.load_lpips("squeeze")
+    assert torch.equal(model.net.slice1[0].weight, backbone.features[0].weight)  # the file's weights, not torchvision's
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(3, 48, 48, 3, generator=g)
+    got = d.lpips_diversity(model, images, size=48)
+
+    heads = torch.load(os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "squeeze.pth"), map_location="cpu")
+    slices = [(0, 2), (2, 5), (5, 8), (8, 10), (10, 11), (11, 12), (12, 13)]
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    def features(x):
+        h, out = (x * 2 - 1 - shift) / scale, []
+        for a, b in slices:
+            for layer in backbone.features[a:b]:
+                h = layer(h)
+            out.append(h)
+        return out
+
+    def distance(a, b):
+        total = 0.0
+        for k, (fa, fb) in enumerate(zip(features(a[None]), features(b[None]))):
+            na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            w = heads[f"lin{k}.model.1.weight"].view(1, -1, 1, 1)
+            total += float(((na - nb).pow(2) * w).sum(1).mean())
+        return total
+
+    x = images.permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = (distance(x[0], x[1]) + distance(x[0], x[2]) + distance(x[1], x[2])) / 3
+    assert got == pytest.approx(expected, rel=1e-4)
