@@ -56,6 +56,7 @@ class SeedDiversity(io.ComfyNode):
                          "images, latent RMSE when latents are given, LPIPS when chosen. With a baseline batch (e.g. the "
                          "stock sampler's) both are measured side by side. Outputs JSON, a table and a seed grid."),
             search_aliases=["diversity", "seed variance", "lpips", "ssim", "mode collapse"],
+            is_output_node=True,
             inputs=[
                 io.Image.Input("images", tooltip="An IMAGE batch of one prompt over seeds (at least 2 images)."),
                 io.Int.Input("size", default=256, min=8, max=4096,
