@@ -1,0 +1,174 @@
+"""Seed variance on a real ComfyUI: strength 0 is stock bit for bit, strength > 0 spreads the seeds,
+the same seed and settings give the same bytes, the step window holds."""
+
+import pytest
+import torch
+
+import comfy_inprocess as ci
+import harness
+from zlab import workflow as wf
+
+pytestmark = pytest.mark.integration
+
+STEPS = 2
+TECHNIQUES = {  # node id suffix: (class_type, inputs at strength 0) -- strength set per test
+    "caption_qwen3": ("ZImageLabCaptionNoise", {"fraction": 0.5, "steps": 1, "space": "qwen3", "seed": 3,
+                                                "protect_start": 3, "protect_end": 5}),
+    "caption_refined": ("ZImageLabCaptionNoise", {"fraction": 0.5, "steps": 1, "space": "refined", "seed": 3,
+                                                  "protect_start": 3, "protect_end": 5}),
+    "initial": ("ZImageLabInitialNoiseStructure", {"scale": 2, "seed": 3}),
+    # every shift maps sigma 1 to 1: the first step never moves, so the window must reach step 2
+    "shift": ("ZImageLabEarlyStepVariation", {"mode": "shift", "steps": 2, "seed": 3}),
+    "guidance": ("ZImageLabEarlyStepVariation", {"mode": "guidance", "steps": 1, "seed": 3}),
+}
+STRENGTH = {"caption_qwen3": 2.0, "caption_refined": 2.0, "initial": 2.0, "shift": 1.5, "guidance": 3.0}
+
+
+def _base(batch):
+    return {
+        "1": {"class_type": "ZImageLabTestTinyUNETLoader", "inputs": {"unet_name": harness.TINY_FILES["unet_name"]}},
+        "2": {"class_type": "ZImageLabTestTinyCLIPLoader", "inputs": {"clip_name": harness.TINY_FILES["clip_name"]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox sitting in fresh snow", "clip": ["2", 0]}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": harness.TINY_FILES["vae_name"]}},
+    }
+
+
+def _sample(api, nid, model, save=True):
+    api[nid] = {"class_type": "ZImageLabSampler", "inputs": {
+        "model": model, "positive": ["3", 0], "latent_image": ["5", 0], "seed": 11, "steps": STEPS, "shift": 3.0,
+        "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0, "denoise": 1.0}}
+    if save:
+        api[f"s{nid}"] = {"class_type": "SaveLatent", "inputs": {"samples": [nid, 0], "filename_prefix": f"t/sv_{nid}"}}
+
+
+def _technique(api, name, strength, **changes):
+    cls, inputs = TECHNIQUES[name]
+    api[name] = {"class_type": cls, "inputs": {"model": ["1", 0], **inputs, "strength": strength, **changes}}
+    return [name, 0]
+
+
+def test_strength_zero_is_stock_and_strength_changes_the_latent(lab):
+    api = _base(batch=2)
+    _sample(api, "stock", ["1", 0])
+    for name in TECHNIQUES:
+        _sample(api, f"{name}_0", _technique(api, name, 0.0))
+    for name in TECHNIQUES:
+        api[f"{name}_on"] = {**api[name], "inputs": {**api[name]["inputs"], "strength": STRENGTH[name]}}
+        _sample(api, f"{name}_x", [f"{name}_on", 0])
+    result = lab.run(api)
+    (stock,) = lab.latents(result, "sstock")
+    for name in TECHNIQUES:
+        (zero,) = lab.latents(result, f"s{name}_0")
+        (on,) = lab.latents(result, f"s{name}_x")
+        assert torch.equal(zero, stock), f"{name} at strength 0 differs from stock"
+        assert not torch.equal(on, stock) and torch.isfinite(on).all(), f"{name} at strength {STRENGTH[name]} did nothing"
+
+
+def test_structured_noise_at_zero_is_random_noise(lab):
+    api = _base(batch=2)
+    api["m"] = {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["1", 0], "shift": 3.0}}
+    api["g"] = {"class_type": "BasicGuider", "inputs": {"model": ["m", 0], "conditioning": ["3", 0]}}
+    api["k"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    api["sig"] = {"class_type": "BasicScheduler", "inputs": {"model": ["m", 0], "scheduler": "simple", "steps": STEPS,
+                                                              "denoise": 1.0}}
+    api["n_stock"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 21}}
+    api["n_0"] = {"class_type": "ZImageLabStructuredNoise", "inputs": {"noise_seed": 21, "strength": 0.0, "scale": 2,
+                                                                       "seed": 0}}
+    api["n_1"] = {"class_type": "ZImageLabStructuredNoise", "inputs": {"noise_seed": 21, "strength": 1.0, "scale": 2,
+                                                                       "seed": 0}}
+    for tag in ("stock", "0", "1"):
+        api[f"x{tag}"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": [f"n_{tag}", 0], "guider": ["g", 0], "sampler": ["k", 0], "sigmas": ["sig", 0],
+            "latent_image": ["5", 0]}}
+        api[f"sx{tag}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"x{tag}", 0], "filename_prefix": f"t/sn_{tag}"}}
+    result = lab.run(api)
+    (stock,), (zero,), (one,) = (lab.latents(result, f"sx{t}") for t in ("stock", "0", "1"))
+    assert torch.equal(stock, zero)
+    assert not torch.equal(stock, one)
+
+
+def _diversity(lab, api, images_node, baseline_node):
+    api[f"d_{images_node}"] = {"class_type": "ZImageLabSeedDiversity", "inputs": {
+        "images": [images_node, 0], "baseline": [baseline_node, 0], "size": 64, "bins": 16, "perceptual": "none"}}
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "NOT YET SHOWN on the tiny random models (2 steps, 64 px, 4 rows): 1-SSIM vs stock 0.6856 -> caption qwen3 0.6866, "
+    "refined 0.6856, initial 0.6811, shift 0.6798; histogram 0.092 -> 0.088 / 0.089 / 0.071 / 0.126. Needs longer "
+    "schedules / other strengths, or real weights; see the report of issue 16."))
+def test_non_zero_strength_spreads_the_seeds_more_than_stock(lab):
+    api = _base(batch=4)
+    _sample(api, "stock", ["1", 0], save=False)
+    api["dec_stock"] = {"class_type": "VAEDecode", "inputs": {"samples": ["stock", 0], "vae": ["6", 0]}}
+    names = ("caption_qwen3", "caption_refined", "initial", "shift")
+    for name in names:
+        _sample(api, f"{name}_x", _technique(api, name, STRENGTH[name]), save=False)
+        api[f"dec_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{name}_x", 0], "vae": ["6", 0]}}
+        _diversity(lab, api, f"dec_{name}", "dec_stock")
+    result = lab.run(api)
+    for name in names:
+        info = result.outputs[f"d_dec_{name}"]["diversity"][0]
+        # structure (1 - SSIM) is the claim; the colour histogram is not: on the tiny random model caption noise
+        # measured 0.088 against stock's 0.092 (docs/seed_diversity.md)
+    for name in names:
+        info = result.outputs[f"d_dec_{name}"]["diversity"][0]
+        assert info["images"]["ssim"] > info["baseline"]["ssim"], (name, info)
+
+
+@pytest.fixture(scope="module")
+def tiny(lab):
+    ci.import_comfy(harness.find_comfyui())
+    models = lab.base / "models"
+    clip = ci.tiny_clip(models)
+    return ci.tiny_dit(models), ci.encode(clip, "a lighthouse on a cliff at dawn")
+
+
+def _batch(model, positive, seed=4, batch=2):
+    import comfy.sample
+
+    latent = torch.zeros(batch, 16, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    negative = [[torch.zeros_like(t), dict(e)] for t, e in positive]
+    return comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", positive, negative, latent,
+                               disable_pbar=True, seed=seed)
+
+
+def test_same_seed_and_settings_give_the_same_bytes_and_the_seeds_matter(tiny):
+    sv = ci.pack_module("nodes.seed_variance")
+    model, positive = tiny
+    first = _batch(sv.patch_caption_noise(model, 1.0, 0.5, 1, "qwen3", 7, 3, 5), positive)
+    again = _batch(sv.patch_caption_noise(model, 1.0, 0.5, 1, "qwen3", 7, 3, 5), positive)
+    other_seed = _batch(sv.patch_caption_noise(model, 1.0, 0.5, 1, "qwen3", 8, 3, 5), positive)
+    other_sampler_seed = _batch(sv.patch_caption_noise(model, 1.0, 0.5, 1, "qwen3", 7, 3, 5), positive, seed=5)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other_seed)
+    stock_5 = _batch(model, positive, seed=5)
+    assert not torch.equal(other_sampler_seed, stock_5)
+    initial = sv.patch_initial_noise(model, 1.0, 2, 7)
+    assert torch.equal(_batch(initial, positive), _batch(sv.patch_initial_noise(model, 1.0, 2, 7), positive))
+    assert not model.get_wrappers("outer_sample", sv.INITIAL_KEY)  # the given model is not patched
+
+
+def test_the_step_window_holds(tiny):
+    """steps 0 never acts (stock); steps 1 changes only the first model call of the schedule."""
+    sv = ci.pack_module("nodes.seed_variance")
+    model, positive = tiny
+    assert torch.equal(_batch(sv.patch_caption_noise(model, 3.0, 1.0, 0, "qwen3", 1, 3, 5), positive),
+                       _batch(model, positive))
+    seen = []
+    patched = sv.patch_caption_noise(model, 3.0, 1.0, 1, "qwen3", 1, 3, 5)
+    dm = patched.get_model_object("diffusion_model")
+    handle = dm.cap_embedder.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    try:
+        _batch(patched, positive)
+    finally:
+        handle.remove()
+    clean = positive[0][0]
+    length = clean.shape[1]
+    first, second = seen[0], seen[1]
+    assert torch.equal(second[0], clean[0].to(second.dtype))  # step 2: the stock caption
+    assert not torch.equal(first[0, 3:length - 5], clean[0, 3:length - 5].to(first.dtype))
+    assert torch.equal(first[:, :3], clean[:, :3].expand(2, -1, -1).to(first.dtype))  # template tokens protected
+    assert torch.equal(first[:, length - 5:], clean[:, length - 5:].expand(2, -1, -1).to(first.dtype))
+    assert not torch.equal(first[0], first[1])  # every row its own noise
