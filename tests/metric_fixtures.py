@@ -1,0 +1,127 @@
+"""Tiny random metric models of the real architectures, saved in the layout users would have."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import torch
+
+TINY_TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=2, max_position_embeddings=77)
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                   image_size=32, patch_size=8)
+
+
+def clip_tokenizer_files(folder: str) -> None:
+    """vocab.json + merges.txt of OpenAI's CLIP BPE, built from the copy open_clip ships."""
+    import open_clip.tokenizer as oct
+
+    merges = gzip.open(oct.default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = list(oct.bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def clip_tokenizer(folder: str):
+    from transformers import CLIPTokenizer
+
+    clip_tokenizer_files(folder)
+    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
+
+
+def save_tiny_clip(folder: str, seed: int = 0, logit_scale: float | None = None) -> str:
+    """A tiny transformers CLIPModel + CLIPProcessor folder (the layout of openai/clip-* and PickScore)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=TINY_VISION, projection_dim=16))
+    if logit_scale is not None:
+        model.logit_scale.data.fill_(logit_scale)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=clip_tokenizer(folder + "_tok"))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_siglip(folder: str, seed: int = 0) -> str:
+    """A tiny transformers SiglipModel folder with a processor (CLIP's BPE stands in for SigLIP's vocabulary)."""
+    from transformers import CLIPTokenizerFast, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    torch.manual_seed(seed)
+    text = dict(TINY_TEXT, max_position_embeddings=16)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=TINY_VISION))
+    clip_tokenizer_files(folder + "_tok")
+    tokenizer = CLIPTokenizerFast(os.path.join(folder + "_tok", "vocab.json"),
+                                  os.path.join(folder + "_tok", "merges.txt"))
+    processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                                tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def register_tiny_open_clip(folder: str, name: str = "tiny-ViT-H-14") -> str:
+    """Add a tiny config of ViT-H-14's family (same classes, smaller widths) to open_clip's registry."""
+    import open_clip
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(TINY_OPEN_CLIP, f)
+    open_clip.add_model_config(path)
+    return name
+
+
+def save_tiny_hpsv2(path: str, arch: str, seed: int = 0) -> str:
+    """A random HPSv2-format checkpoint ({'state_dict': ...}) for the open_clip architecture ``arch``."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch, pretrained=None)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+def save_random_alexnet(folder: str, seed: int = 0) -> str:
+    """torchvision's AlexNet with random weights under torchvision's file name."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "alexnet-owt-7be5be79.pth")
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    return path
+
+
+def save_random_inception(folder: str, seed: int = 0) -> str:
+    """torch-fidelity's FID Inception v3 with random (default-initialised) weights under its file name."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Blank(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # keep the random initialisation
+            return None
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "pt_inception-2015-12-05-6726825d.pth")
+    torch.save({}, path)
+    torch.manual_seed(seed)
+    net = Blank("inception-v3-compat", ["2048"], feature_extractor_weights_path=path)
+    torch.save(net.state_dict(), path)
+    return path
