@@ -104,6 +104,7 @@ class ImageScore(io.ComfyNode):
                 "(100 * max(cos, 0)), SigLIP cosine, PickScore (exp(logit_scale) * cos) or HPSv2 (cos). The "
                 "metric follows the model's folder (clip/, siglip/, pickscore/, hpsv2/). Nothing is downloaded."
             ),
+            is_output_node=True,
             search_aliases=["clipscore", "clip score", "pickscore", "hpsv2", "siglip", "prompt alignment", "reward"],
             inputs=[
                 io.Image.Input("images", tooltip="Images to score (a batch gives one row per image)."),
@@ -152,6 +153,7 @@ class LPIPSDistance(io.ComfyNode):
                 "(higher = more varied, e.g. across seeds). With images_b: image i against image i of images_b. "
                 "Backbone weights from models/metrics/lpips (torchvision's file names)."
             ),
+            is_output_node=True,
             search_aliases=["lpips", "perceptual distance", "diversity", "seed diversity"],
             inputs=[
                 io.Image.Input("images", tooltip="A batch of images of one size."),

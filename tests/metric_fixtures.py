@@ -125,3 +125,57 @@ def save_random_inception(folder: str, seed: int = 0) -> str:
     net = Blank("inception-v3-compat", ["2048"], feature_extractor_weights_path=path)
     torch.save(net.state_dict(), path)
     return path
+
+
+TINY_MED = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "max_position_embeddings": 40, "vocab_size": 40, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+            "add_cross_attention": True, "pad_token_id": 0}
+TINY_WORDS = ["a", "red", "cube", "on", "table", "portrait", "of", "an", "old", "sailor", "neon", "city", "at", "night"]
+
+
+def save_tiny_image_reward(folder: str, seed: int = 0, vit_width: int = 64, vit_layers: int = 2, patch: int = 8,
+                           image_size: int = 32) -> str:
+    """A random ImageReward.pt with the image-reward package's key names (BLIP vit.py + med.py + MLP head),
+    med_config.json and a small bert-style vocab.txt, in models/metrics/imagereward's layout."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape, s=0.2: torch.randn(*shape, generator=g) * s  # noqa: E731
+    ln = lambda prefix, n: {f"{prefix}.weight": 1 + rnd(n, s=0.1), f"{prefix}.bias": rnd(n, s=0.1)}  # noqa: E731
+    lin = lambda prefix, o, i: {f"{prefix}.weight": rnd(o, i, s=i ** -0.5), f"{prefix}.bias": rnd(o, s=0.05)}  # noqa: E731
+    state = {}
+    v = "blip.visual_encoder"
+    tokens = (image_size // patch) ** 2 + 1
+    state.update({f"{v}.cls_token": rnd(1, 1, vit_width), f"{v}.pos_embed": rnd(1, tokens, vit_width),
+                  f"{v}.patch_embed.proj.weight": rnd(vit_width, 3, patch, patch, s=0.05),
+                  f"{v}.patch_embed.proj.bias": rnd(vit_width, s=0.05)})
+    for n in range(vit_layers):
+        b = f"{v}.blocks.{n}"
+        state.update({**ln(f"{b}.norm1", vit_width), **lin(f"{b}.attn.qkv", 3 * vit_width, vit_width),
+                      **lin(f"{b}.attn.proj", vit_width, vit_width), **ln(f"{b}.norm2", vit_width),
+                      **lin(f"{b}.mlp.fc1", 4 * vit_width, vit_width), **lin(f"{b}.mlp.fc2", vit_width, 4 * vit_width)})
+    state.update(ln(f"{v}.norm", vit_width))
+    t, h, med = "blip.text_encoder", TINY_MED["hidden_size"], dict(TINY_MED, encoder_width=vit_width)
+    state.update({f"{t}.embeddings.word_embeddings.weight": rnd(med["vocab_size"], h),
+                  f"{t}.embeddings.position_embeddings.weight": rnd(med["max_position_embeddings"], h),
+                  f"{t}.embeddings.position_ids": torch.arange(med["max_position_embeddings"])[None],
+                  **ln(f"{t}.embeddings.LayerNorm", h)})
+    for n in range(med["num_hidden_layers"]):
+        b = f"{t}.encoder.layer.{n}"
+        for att, kv in (("attention", h), ("crossattention", vit_width)):
+            state.update({**lin(f"{b}.{att}.self.query", h, h), **lin(f"{b}.{att}.self.key", h, kv),
+                          **lin(f"{b}.{att}.self.value", h, kv), **lin(f"{b}.{att}.output.dense", h, h),
+                          **ln(f"{b}.{att}.output.LayerNorm", h)})
+        state.update({**lin(f"{b}.intermediate.dense", med["intermediate_size"], h),
+                      **lin(f"{b}.output.dense", h, med["intermediate_size"]), **ln(f"{b}.output.LayerNorm", h)})
+    state.update({**lin("blip.vision_proj", 16, vit_width), **lin("blip.text_proj", 16, h)})  # unused by the score
+    for k, (o, i) in zip((0, 2, 4, 6, 7), ((1024, h), (128, 1024), (64, 128), (16, 64), (1, 16))):
+        state.update(lin(f"mlp.layers.{k}", o, i))
+    os.makedirs(folder, exist_ok=True)
+    torch.save(state, os.path.join(folder, "ImageReward.pt"))
+    with open(os.path.join(folder, "med_config.json"), "w") as f:
+        json.dump(med, f)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + TINY_WORDS
+    with open(os.path.join(folder, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"do_lower_case": True, "model_max_length": 512}, f)
+    return folder
