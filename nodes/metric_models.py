@@ -9,6 +9,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
+from ..core import image_reward
 from ..core import metric_models as core
 from ..core import metrics as plain_metrics
 from . import CATEGORY
@@ -22,7 +23,10 @@ PROMPT_SCORES = {  # sub-folder -> (loader, score function, output name)
     "siglip": (core.load_siglip, core.siglip_score, "siglip"),
     "pickscore": (core.load_pickscore, core.pick_score, "pickscore"),
     "hpsv2": (core.load_hpsv2, core.hps_score, "hpsv2"),
+    "imagereward": (lambda path: image_reward.load_image_reward(os.path.dirname(path)), image_reward.image_reward,
+                    "image_reward"),
 }
+MODEL_FILES = {"hpsv2": (".pt", ".pth", ".bin", ".safetensors"), "imagereward": ("ImageReward.pt",)}
 _loaded: dict[tuple, core.Scorer] = {}
 
 
@@ -56,9 +60,10 @@ def prompt_models() -> list[str]:
                 continue
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
-                if metric == "hpsv2" and name.endswith((".pt", ".pth", ".bin", ".safetensors")):
-                    found.add(f"{metric}/{name}")
-                elif metric != "hpsv2" and os.path.isfile(os.path.join(path, "config.json")):
+                if metric in MODEL_FILES:
+                    if name.endswith(MODEL_FILES[metric]):
+                        found.add(f"{metric}/{name}")
+                elif os.path.isfile(os.path.join(path, "config.json")):
                     found.add(f"{metric}/{name}")
     return sorted(found)
 
@@ -101,18 +106,19 @@ class ImageScore(io.ComfyNode):
             category=SUBCATEGORY,
             description=(
                 "Scores images against their prompt with a local model from models/metrics: CLIPScore "
-                "(100 * max(cos, 0)), SigLIP cosine, PickScore (exp(logit_scale) * cos) or HPSv2 (cos). The "
-                "metric follows the model's folder (clip/, siglip/, pickscore/, hpsv2/). Nothing is downloaded."
+                "(100 * max(cos, 0)), SigLIP cosine, PickScore (exp(logit_scale) * cos), HPSv2 (cos) or ImageReward. "
+                "The metric follows the model's folder (clip/, siglip/, pickscore/, hpsv2/, imagereward/). Nothing "
+                "is downloaded."
             ),
             is_output_node=True,
-            search_aliases=["clipscore", "clip score", "pickscore", "hpsv2", "siglip", "prompt alignment", "reward"],
+            search_aliases=["clipscore", "clip score", "pickscore", "hpsv2", "siglip", "imagereward", "prompt alignment", "reward"],
             inputs=[
                 io.Image.Input("images", tooltip="Images to score (a batch gives one row per image)."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The prompt the images should match; one line per image to give each its own."),
                 io.Combo.Input("model", options=prompt_models(),
                                tooltip="models/metrics/<metric>/<name>: a transformers folder (clip, siglip, pickscore) "
-                                       "or an HPSv2 checkpoint (hpsv2). Layout: docs/metrics.md."),
+                                       "or a checkpoint (hpsv2/*.pt, imagereward/ImageReward.pt). Layout: docs/metrics.md."),
             ],
             outputs=[
                 io.Float.Output("mean", tooltip="Mean score over the batch."),

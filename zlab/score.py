@@ -1,6 +1,6 @@
 """``python -m zlab score SWEEP_DIR``: learned metrics for a finished sweep, written to OUT/scores.json.
 
-Per cell: clip_score, siglip, pickscore, hpsv2 (image against its prompt) and lpips_to_reference (LPIPS
+Per cell: clip_score, siglip, pickscore, hpsv2, image_reward (image against its prompt) and lpips_to_reference (LPIPS
 to the reference cell of the same seed). Per condition: lpips_diversity (mean pairwise LPIPS over its
 seeds) and fid (against --reference-images). Weights are read from --models (layout in
 docs/metrics.md); nothing is downloaded. ``zlab report`` merges scores.json into its tables.
@@ -19,7 +19,8 @@ from .report import core_module, load_sweep
 PROMPT_METRICS = {"clip_score": ("clip", "load_clip", "clip_score"),
                   "siglip": ("siglip", "load_siglip", "siglip_score"),
                   "pickscore": ("pickscore", "load_pickscore", "pick_score"),
-                  "hpsv2": ("hpsv2", "load_hpsv2", "hps_score")}
+                  "hpsv2": ("hpsv2", "load_hpsv2", "hps_score"),
+                  "image_reward": ("imagereward", "load_image_reward", "image_reward")}
 SET_METRICS = ("lpips", "fid")
 PROMPT_INPUTS = ("text", "prompt", "user_prompt")
 
@@ -101,10 +102,11 @@ def score(out_dir, metrics: list[str], models: str, prompt: str | None = None, p
         prompts = cell_prompts(sweep, prompt_input, prompt)
     for name in wanted:
         folder, loader, fn = PROMPT_METRICS[name]
-        scorer = getattr(mm, loader)(model_path(models, folder)).to(device)
+        module = core_module("image_reward") if name == "image_reward" else mm
+        scorer = getattr(module, loader)(model_path(models, folder)).to(device)
         for start in range(0, len(rows), 8):
             batch = rows[start:start + 8]
-            values = getattr(mm, fn)(scorer, load_images(sweep, batch), [prompts[r["cell"]] for r in batch])
+            values = getattr(module, fn)(scorer, load_images(sweep, batch), [prompts[r["cell"]] for r in batch])
             for r, v in zip(batch, values.tolist()):
                 doc["cells"].setdefault(r["cell"], {})[name] = v
     groups: dict[tuple, list] = {}

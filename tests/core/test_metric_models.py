@@ -3,6 +3,7 @@ users' layout, and each score equals an independent computation from the same we
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -174,3 +175,106 @@ def test_missing_weights_name_folder_and_file(tmp_path, loader, layout, expected
 def test_prompt_count_must_match_images():
     with pytest.raises(ValueError, match="3 prompts for 2 images"):
         mm.pair_texts(["a", "b", "c"], 2)
+
+
+# ----- ImageReward: the port against BLIP's forward written out from the checkpoint's own key names -----
+
+def _ln(x, state, prefix, eps):
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], state[f"{prefix}.weight"], state[f"{prefix}.bias"], eps)
+
+
+def _lin(x, state, prefix):
+    return x @ state[f"{prefix}.weight"].T + state[f"{prefix}.bias"]
+
+
+def _attention(q, k, v, heads, mask=None):
+    b, n, d = q.shape
+    split = lambda t: t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
+    scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(d // heads)
+    if mask is not None:
+        scores = scores + (1.0 - mask[:, None, None, :].float()) * torch.finfo(scores.dtype).min
+    return (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(b, n, d)
+
+
+def blip_vit_by_hand(state, pixels, patch, heads):
+    """BLIP vit.py VisionTransformer.forward: patch conv, [CLS] + pos, pre-norm blocks, final norm (eps 1e-6)."""
+    p = "blip.visual_encoder"
+    x = torch.nn.functional.conv2d(pixels, state[f"{p}.patch_embed.proj.weight"], state[f"{p}.patch_embed.proj.bias"],
+                                   stride=patch).flatten(2).transpose(1, 2)
+    x = torch.cat([state[f"{p}.cls_token"].expand(x.shape[0], -1, -1), x], 1) + state[f"{p}.pos_embed"]
+    n = 0
+    while f"{p}.blocks.{n}.norm1.weight" in state:
+        b = f"{p}.blocks.{n}"
+        q, k, v = _lin(_ln(x, state, f"{b}.norm1", 1e-6), state, f"{b}.attn.qkv").chunk(3, dim=-1)
+        x = x + _lin(_attention(q, k, v, heads), state, f"{b}.attn.proj")
+        h = _ln(x, state, f"{b}.norm2", 1e-6)
+        x = x + _lin(torch.nn.functional.gelu(_lin(h, state, f"{b}.mlp.fc1")), state, f"{b}.mlp.fc2")
+        n += 1
+    return _ln(x, state, f"{p}.norm", 1e-6)
+
+
+def med_bert_by_hand(state, ids, mask, image, heads, eps=1e-12):
+    """BLIP med.py BertModel (multimodal): post-norm self-attention, cross-attention to the image, feed-forward."""
+    t = "blip.text_encoder"
+    x = state[f"{t}.embeddings.word_embeddings.weight"][ids] + state[f"{t}.embeddings.position_embeddings.weight"][:ids.shape[1]]
+    x = _ln(x, state, f"{t}.embeddings.LayerNorm", eps)
+    n = 0
+    while f"{t}.encoder.layer.{n}.attention.self.query.weight" in state:
+        b = f"{t}.encoder.layer.{n}"
+        for att, source, m in (("attention", x, mask), ("crossattention", image, None)):
+            a = _attention(_lin(x, state, f"{b}.{att}.self.query"), _lin(source, state, f"{b}.{att}.self.key"),
+                           _lin(source, state, f"{b}.{att}.self.value"), heads, m)
+            x = _ln(_lin(a, state, f"{b}.{att}.output.dense") + x, state, f"{b}.{att}.output.LayerNorm", eps)
+        h = _lin(torch.nn.functional.gelu(_lin(x, state, f"{b}.intermediate.dense")), state, f"{b}.output.dense")
+        x = _ln(h + x, state, f"{b}.output.LayerNorm", eps)
+        n += 1
+    return x
+
+
+def imagereward_pixels(arrays, size):
+    """ImageReward's _transform by hand: PIL bicubic resize of the short side, centre crop, CLIP normalisation."""
+    from PIL import Image
+
+    out = []
+    for a in arrays:
+        im = Image.fromarray(a)
+        w, h = im.size
+        scale = size / min(w, h)
+        im = im.resize((round(w * scale), round(h * scale)) if w != h else (size, size), Image.BICUBIC)
+        left, top = int(round((im.width - size) / 2.0)), int(round((im.height - size) / 2.0))
+        x = torch.from_numpy(np.asarray(im.crop((left, top, left + size, top + size)))).permute(2, 0, 1).float() / 255
+        mean = torch.tensor((0.48145466, 0.4578275, 0.40821073))[:, None, None]
+        std = torch.tensor((0.26862954, 0.26130258, 0.27577711))[:, None, None]
+        out.append((x - mean) / std)
+    return torch.stack(out)
+
+
+def test_image_reward_port_matches_blip_written_out(tmp_path):
+    from core import image_reward as ir
+    from metric_fixtures import save_tiny_image_reward
+
+    folder = save_tiny_image_reward(str(tmp_path / "imagereward"))
+    scorer = ir.load_image_reward(folder)
+    imgs = images(seed=7)
+    got = ir.image_reward(scorer, imgs, PROMPTS)
+    state = torch.load(os.path.join(folder, "ImageReward.pt"))
+    pixels = imagereward_pixels(uint8_list(imgs), 32)
+    tokens = scorer.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    assert tokens["input_ids"][0, 0] == scorer.tokenizer.cls_token_id  # ImageReward keeps [CLS] first
+    with torch.no_grad():
+        image = blip_vit_by_hand(state, pixels, patch=8, heads=1)
+        text = med_bert_by_hand(state, tokens["input_ids"], tokens["attention_mask"], image, heads=2)
+        r = text[:, 0]
+        for k in (0, 2, 4, 6, 7):  # the head's Linear layers (Dropouts between them, no activations)
+            r = _lin(r, state, f"mlp.layers.{k}")
+        expected = (r.squeeze(-1) - 0.16717362830052426) / 1.0333394966054072
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert got.std() > 0
+
+
+def test_image_reward_missing_files_are_named(tmp_path):
+    from core import image_reward as ir
+
+    (tmp_path / "imagereward").mkdir()
+    with pytest.raises(mm.MissingWeights, match="ImageReward.pt"):
+        ir.load_image_reward(str(tmp_path / "imagereward"))
