@@ -256,6 +256,9 @@ def load_lpips(folder: str, net: str = "alex") -> Scorer:
 def lpips_pairwise(scorer: Scorer, images) -> torch.Tensor:
     """Symmetric [N, N] LPIPS distance matrix (zero diagonal); images in [0, 1], same size."""
     x = to_float_batch(images).to(scorer.device) * 2.0 - 1.0
+    if min(x.shape[-2:]) < 32:
+        raise ValueError(f"images are {x.shape[-1]}x{x.shape[-2]}: LPIPS needs at least 32 pixels a side "
+                         "(its backbone downsamples 32x)")
     n = x.shape[0]
     out = torch.zeros(n, n)
     rows, cols = torch.triu_indices(n, n, offset=1)

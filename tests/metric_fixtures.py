@@ -179,3 +179,38 @@ def save_tiny_image_reward(folder: str, seed: int = 0, vit_width: int = 64, vit_
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
         json.dump({"do_lower_case": True, "model_max_length": 512}, f)
     return folder
+
+
+# ----- a synthetic sweep folder (zlab report / rate / score tests) -----
+
+SHIFT, STEPS = "Z-Image Sampler.shift", "Z-Image Sampler.steps"
+# metric value per (shift, steps) and seed 1, 2, 3
+VALUES = {(1.0, 4): [1.0, 2.0, 6.0], (1.0, 8): [2.0, 2.0, 2.0], (3.0, 4): [0.0, 4.0, 5.0], (3.0, 8): [1.0, 1.0, 3.0]}
+
+
+def make_sweep(folder, with_images=True):
+    """A finished 2x2 sweep (shift x steps, seeds 1-3) with a 'quality' column and flat grey images."""
+    import numpy as np
+    from PIL import Image
+
+    from zlab.sweep import cell_id
+
+    spec = {"name": "synthetic", "description": "shift x steps", "mode": "grid",
+            "params": {SHIFT: [1.0, 3.0], STEPS: [4, 8]}, "seeds": [1, 2, 3],
+            "reference": {SHIFT: 3.0, STEPS: 8}, "fixed": {}, "workflow": "w.json"}
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for (shift, steps), values in VALUES.items():
+        for seed, v in zip(spec["seeds"], values):
+            params = {SHIFT: shift, STEPS: steps}
+            cell = cell_id(params, seed)
+            image = f"images/s{shift}_n{steps}_{seed}.png"
+            if with_images:
+                Image.fromarray(np.full((32, 32, 3), int(40 * v), np.uint8)).save(folder / image)
+            lines.append(json.dumps({"cell": cell, "label": f"{shift} {steps} {seed}", "status": "ok", "seed": seed,
+                                     "params": params, "image": image, "seconds": 1.0, "quality": v}))
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    setup = {"command": "python -m zlab sweep s.yaml", "pack_version": "0.1.0",
+             "servers": [{"comfyui_version": "0.18.1", "devices": [{"name": "cuda:0 NVIDIA H200"}]}]}
+    (folder / "sweep.json").write_text(json.dumps({"spec": spec, "workflow": "w.json", "setup": setup}))
+    return folder

@@ -4,7 +4,6 @@ the documents written, and the rating page's vote store (the browser half is in 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 
@@ -12,36 +11,7 @@ import numpy as np
 import pytest
 
 from zlab import rate, report
-from zlab.sweep import cell_id
-
-SHIFT, STEPS = "Z-Image Sampler.shift", "Z-Image Sampler.steps"
-# metric value per (shift, steps) and seed 1, 2, 3
-VALUES = {(1.0, 4): [1.0, 2.0, 6.0], (1.0, 8): [2.0, 2.0, 2.0], (3.0, 4): [0.0, 4.0, 5.0], (3.0, 8): [1.0, 1.0, 3.0]}
-
-
-def make_sweep(folder, with_images=True):
-    from PIL import Image
-
-    spec = {"name": "synthetic", "description": "shift x steps", "mode": "grid",
-            "params": {SHIFT: [1.0, 3.0], STEPS: [4, 8]}, "seeds": [1, 2, 3],
-            "reference": {SHIFT: 3.0, STEPS: 8}, "fixed": {}, "workflow": "w.json"}
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for (shift, steps), values in VALUES.items():
-        for seed, v in zip(spec["seeds"], values):
-            params = {SHIFT: shift, STEPS: steps}
-            cell = cell_id(params, seed)
-            image = f"images/s{shift}_n{steps}_{seed}.png"
-            if with_images:
-                Image.fromarray(np.full((16, 16, 3), int(40 * v), np.uint8)).save(folder / image)
-            lines.append(json.dumps({"cell": cell, "label": f"{shift} {steps} {seed}", "status": "ok", "seed": seed,
-                                     "params": params, "image": image, "seconds": 1.0, "quality": v}))
-    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
-    setup = {"command": "python -m zlab sweep s.yaml", "pack_version": "0.1.0",
-             "servers": [{"comfyui_version": "0.18.1", "devices": [{"name": "cuda:0 NVIDIA H200"}]}]}
-    (folder / "sweep.json").write_text(json.dumps({"spec": spec, "workflow": "w.json", "setup": setup}))
-    return folder
-
+from metric_fixtures import SHIFT, STEPS, VALUES, make_sweep
 
 def exact_quantiles(values):
     means = sorted(np.mean(r) for r in itertools.product(values, repeat=len(values)))

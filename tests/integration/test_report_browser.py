@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from metric_fixtures import make_sweep
 from zlab import rate, report
 
 pytestmark = pytest.mark.browser
@@ -29,20 +30,7 @@ def tab(chromium):
 
 
 def synthetic_sweep(folder):
-    import test_report  # tests/core/test_report.py's synthetic sweep
-
-    return test_report.make_sweep(folder)
-
-
-@pytest.fixture(autouse=True)
-def core_tests_on_path():
-    import sys
-    from pathlib import Path
-
-    path = str(Path(__file__).resolve().parent.parent / "core")
-    sys.path.insert(0, path)
-    yield
-    sys.path.remove(path)
+    return make_sweep(folder)
 
 
 def test_report_opens_and_shows_every_plot(tmp_path, tab):
@@ -67,7 +55,7 @@ def test_rating_page_end_to_end(tmp_path, tab):
         keys = ["ArrowLeft", "ArrowRight", "t", "s", "1"]
         for n, key in enumerate(keys):
             tab.wait_for_function(f"document.getElementById('progress').textContent.startsWith('{n} /')")
-            assert tab.evaluate("document.getElementById('left').complete && document.getElementById('left').naturalWidth") == 16
+            assert tab.evaluate("document.getElementById('left').complete && document.getElementById('left').naturalWidth") == 32
             tab.keyboard.press(key)
         tab.wait_for_function("document.getElementById('progress').textContent.startsWith('5 /')")
         tab.reload()  # resumable: the count survives a reload
