@@ -7,7 +7,7 @@ import sys
 from .api import ComfyError
 from .workflow import WorkflowError
 
-COMMANDS = ["run", "convert", "sweep", "fit_projector", "train_lora", "lora_info"]
+COMMANDS = ["run", "convert", "sweep", "score", "report", "rate", "fit_projector", "train_lora", "lora_info"]
 """Modules of this package that each define add_parser(subparsers) and main(args)."""
 
 

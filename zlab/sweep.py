@@ -23,6 +23,7 @@ import math
 import os
 import queue
 import re
+import shlex
 import shutil
 import sys
 import threading
@@ -678,6 +679,26 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
+def pack_version() -> str:
+    """The version in this pack's pyproject.toml."""
+    match = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(encoding="utf-8"), re.M)
+    return match.group(1) if match else "unknown"
+
+
+def setup_record(clients: list[ComfyClient]) -> dict:
+    """What zlab report's setup section shows: the exact command, versions and each server's devices."""
+    servers = []
+    for client in clients:
+        stats = client.get_json("/system_stats")
+        system = stats.get("system", {})
+        servers.append({"url": client.url, "comfyui_version": system.get("comfyui_version"),
+                        "pytorch_version": system.get("pytorch_version"), "python_version": system.get("python_version"),
+                        "devices": [{"name": d.get("name"), "type": d.get("type"), "vram_total": d.get("vram_total")}
+                                    for d in stats.get("devices", [])]})
+    return {"command": " ".join(["python", "-m", "zlab", *map(shlex.quote, sys.argv[1:])]),
+            "pack_version": pack_version(), "servers": servers, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def main(args) -> int:
     spec = load_spec(args.spec)
     workflow = args.workflow or spec.workflow
@@ -717,8 +738,8 @@ def main(args) -> int:
         if previous.get("prompt_hash") != fingerprint:
             raise SweepError(f"{out_dir} holds a sweep of another workflow or other fixed settings; "
                              "use a new --out folder (finished cells are only reused for the same workflow)")
-    write_atomic(meta_path, json.dumps({"spec": spec.as_dict(), "workflow": str(workflow), "prompt_hash": fingerprint},
-                                       indent=1))
+    write_atomic(meta_path, json.dumps({"spec": spec.as_dict(), "workflow": str(workflow), "prompt_hash": fingerprint,
+                                        "setup": setup_record(clients)}, indent=1))
     runner = Runner(spec, base, urls, out_dir, per_server=args.per_server, timeout=args.timeout)
     try:
         runner.run(all_cells)

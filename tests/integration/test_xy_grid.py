@@ -1,0 +1,116 @@
+"""Z-Image XY Grid on a real ComfyUI: every cell equals a separate Z-Image Sampler run, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+
+import harness
+from zlab import workflow as wf
+from zlab.api import ComfyError
+
+pytestmark = pytest.mark.integration
+
+
+def _graph():
+    return {
+        "1": {"class_type": "ZImageLabTestTinyUNETLoader", "inputs": {"unet_name": harness.TINY_FILES["unet_name"]}},
+        "2": {"class_type": "ZImageLabTestTinyCLIPLoader", "inputs": {"clip_name": harness.TINY_FILES["clip_name"]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["2", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, watermark", "clip": ["2", 0]}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": harness.TINY_FILES["vae_name"]}},
+    }
+
+
+BASE = {"seed": 11, "steps": 3, "shift": 3.0, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0, "denoise": 1.0}
+
+
+def _xy(api, x_axis, x_values, y_axis, y_values, **extra):
+    api["10"] = {"class_type": "ZImageLabXYGrid", "inputs": {
+        "model": ["1", 0], "positive": ["3", 0], "latent_image": ["5", 0], "vae": ["6", 0], "x_axis": x_axis,
+        "x_values": x_values, "y_axis": y_axis, "y_values": y_values, **BASE, **extra}}
+    api["11"] = {"class_type": "SaveLatent", "inputs": {"samples": ["10", 2], "filename_prefix": "xy/cells"}}
+    api["12"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "xy/grid"}}
+
+
+def _separate(api, n, settings, model=("1", 0), positive=("3", 0)):
+    nid = f"s{n}"
+    api[nid] = {"class_type": "ZImageLabSampler", "inputs": {
+        "model": list(model), "positive": list(positive), "latent_image": ["5", 0], **{**BASE, **settings}}}
+    if settings.get("cfg", 1.0) != 1.0:
+        api[nid]["inputs"]["negative"] = ["4", 0]
+    api[f"l{n}"] = {"class_type": "SaveLatent", "inputs": {"samples": [nid, 0], "filename_prefix": f"xy/sep{n}"}}
+
+
+def _cells_equal_separate_runs(lab, api, cells):
+    result = lab.run(api)
+    (grid_latents,) = lab.latents(result, "11")
+    assert grid_latents.shape == (len(cells), 16, 8, 8)
+    for n in range(len(cells)):
+        (separate,) = lab.latents(result, f"l{n}")
+        assert torch.equal(grid_latents[n:n + 1], separate), (n, cells[n])
+    assert len({grid_latents[n].sum().item() for n in range(len(cells))}) == len(cells)  # every cell differs
+    return result
+
+
+def test_seed_shift_steps_cells_equal_sampler_runs(lab):
+    api = _graph()
+    _xy(api, "shift", "2, 4.5", "seed", "5, 6")
+    cells = [{"seed": s, "shift": x} for s in (5, 6) for x in (2.0, 4.5)]
+    for n, c in enumerate(cells):
+        _separate(api, n, c)
+    result = _cells_equal_separate_runs(lab, api, cells)
+    (grid,) = lab.images(result, "12")
+    assert grid.shape[0] > 2 * 64 and grid.shape[1] > 2 * 64  # two rows, two columns, labels
+
+
+def test_steps_sampler_cfg_cells_equal_sampler_runs(lab):
+    api = _graph()
+    _xy(api, "sampler_name", "euler, dpmpp_2m", "steps", "2-4:2", negative=["4", 0])
+    cells = [{"steps": s, "sampler_name": x} for s in (2, 4) for x in ("euler", "dpmpp_2m")]
+    for n, c in enumerate(cells):
+        _separate(api, n, c)
+    _cells_equal_separate_runs(lab, api, cells)
+    api = _graph()
+    _xy(api, "cfg", "1, 2.5", "none", "", negative=["4", 0])
+    cells = [{"cfg": 1.0}, {"cfg": 2.5}]
+    for n, c in enumerate(cells):
+        _separate(api, n, c)
+    _cells_equal_separate_runs(lab, api, cells)
+
+
+def test_nag_scale_cells_equal_nag_node_then_sampler(lab):
+    api = _graph()
+    _xy(api, "nag_scale", "1, 4", "none", "", nag_negative=["4", 0])
+    for n, scale in enumerate((1.0, 4.0)):
+        api[f"nag{n}"] = {"class_type": "ZImageLabNAG", "inputs": {"model": ["1", 0], "negative": ["4", 0], "scale": scale,
+                                                                   "tau": 2.5, "alpha": 0.25, "end_sigma": 0.0}}
+        _separate(api, n, {}, model=(f"nag{n}", 0))
+    _cells_equal_separate_runs(lab, api, [{"nag_scale": 1.0}, {"nag_scale": 4.0}])
+
+
+def test_shipped_workflow_runs(lab):
+    api = lab.workflow("zimage_xy_grid.json")
+    xy = wf.find_nodes(api, "ZImageLabXYGrid")[0]
+    api[xy]["inputs"]["steps"] = 2
+    result = lab.run(api)
+    save = wf.find_nodes(api, "SaveImage")[0]
+    (grid,) = lab.images(result, save)
+    assert grid.ndim == 3 and grid.std() > 0
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"x_values": "2, abc"}, ["x values for shift", "'abc'"]),
+    ({"x_axis": "sampler_name", "x_values": "euler, nope"}, ["nope", "sampler_name choices"]),
+    ({"x_axis": "nag_scale", "x_values": "2"}, ["nag_negative"]),
+    ({"x_axis": "seed", "y_axis": "seed"}, ["both sweep seed"]),
+    ({"x_axis": "cfg", "x_values": "1, 3"}, ["connect negative"]),
+])
+def test_bad_axes_get_clear_errors(lab, change, words):
+    api = _graph()
+    _xy(api, "shift", "2, 3", "seed", "1, 2")
+    api["10"]["inputs"].update(change)
+    with pytest.raises(ComfyError) as err:
+        lab.run(api)
+    for word in words:
+        assert word in str(err.value), str(err.value)
