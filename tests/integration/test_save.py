@@ -144,13 +144,17 @@ def test_many_prompts_in_a_row_land_with_unique_names(lab):
 
 def test_execution_time_against_saveimage(lab, capsys):
     name = put_input(lab, "save_realistic.png", realistic_image())
-    run(lab.client, {"1": load_image(name), "2": stock_save(["1", 0], "timing/warm")})  # LoadImage cached from here
-    seconds = {"SaveImage": [], "Z-Image Save Image": [], "Z-Image Save Image (background off)": []}
+    tiny = put_input(lab, "save_tiny.png", realistic_image()[:8, :8])
+    for image in (name, tiny):
+        run(lab.client, {"1": load_image(image), "2": stock_save(["1", 0], "timing/warm")})  # LoadImage cached from here
+    cases = {"SaveImage": (name, lambda n: stock_save(["1", 0], f"timing/stock{n}")),
+             "Z-Image Save Image": (name, lambda n: lab_save(["1", 0], f"timing/lab{n}")),
+             "Z-Image Save Image (background off)": (name, lambda n: lab_save(["1", 0], f"timing/inline{n}", background=False)),
+             "Z-Image Save Image, 8x8 image (the prompt's own overhead)": (tiny, lambda n: lab_save(["1", 0], f"timing/tiny{n}"))}
+    seconds = {label: [] for label in cases}
     for n in range(3):
-        for label, node in (("SaveImage", stock_save(["1", 0], f"timing/stock{n}")),
-                            ("Z-Image Save Image", lab_save(["1", 0], f"timing/lab{n}")),
-                            ("Z-Image Save Image (background off)", lab_save(["1", 0], f"timing/inline{n}", background=False))):
-            _, entry = run(lab.client, {"1": load_image(name), "2": node})
+        for label, (image, node) in cases.items():
+            _, entry = run(lab.client, {"1": load_image(image), "2": node(n)})
             stamps = {k: d["timestamp"] for k, d in entry["status"]["messages"] if "timestamp" in d}
             seconds[label].append((stamps["execution_success"] - stamps["execution_start"]) / 1000)
             lab.flush_saves()  # the next prompt starts with an idle writer: each row measures one save alone
