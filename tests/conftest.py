@@ -69,7 +69,20 @@ class Lab:
         return self.client.run(api, timeout=timeout, progress=False)
 
     def file(self, record: dict) -> Path:
-        return self.output / record.get("subfolder", "") / record["filename"]
+        """An output file of a finished prompt; one that Z-Image Save Image still writes is waited for."""
+        path = self.output / record.get("subfolder", "") / record["filename"]
+        if not path.exists() or path.with_name(path.name + ".part").exists():
+            self.flush_saves()
+        return path
+
+    def flush_saves(self) -> dict:
+        """Wait until Z-Image Save Image has written every queued image (POST /zimage_lab/save/flush)."""
+        import urllib.request
+
+        request = urllib.request.Request(self.url + "/zimage_lab/save/flush", data=b'{"timeout": 300}', method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=330) as response:
+            return json.loads(response.read())
 
     def latents(self, result, node_id: str):
         """Tensors saved by a SaveLatent node of a finished prompt."""

@@ -3,7 +3,8 @@
 A sweep spec (YAML or JSON, see docs/sweeps.md) names the workflow, which node inputs take which
 values ("Node Title.input", as ``python -m zlab run --set`` addresses them), the seeds, and whether
 the values form a grid (every combination) or are zipped. Every cell (one combination and one
-seed) is submitted to one of the servers; each server is kept busy by its own worker threads.
+seed) is submitted to one of the servers; each server always has the next prompts queued behind
+the one it is running, so its GPU never waits for the sweep.
 
 Finished cells are appended, one JSON line each, to OUT/results.jsonl as soon as their images are
 on disk, so an interrupted sweep resumes where it stopped: rerunning the same command skips every
@@ -28,6 +29,7 @@ import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -405,10 +407,23 @@ def image_metrics(path: Path, threshold: float) -> dict:
 # -------------------------------------------------------------------------------------------- runner
 
 
-class Runner:
-    """Runs the cells on the servers with worker threads, appending each finished cell to the results."""
+class ServerGone(Exception):
+    """A server stopped answering; its cells go back to the queue for the other servers."""
 
-    def __init__(self, spec: Spec, base: dict, urls: list[str], out_dir: Path, per_server: int = 2,
+
+class Runner:
+    """Runs the cells on the servers, appending each finished cell to the results.
+
+    Each server has one feeder thread that keeps ``per_server`` prompts in flight (queued or running
+    on that server): whenever one finishes, the next cell is queued before anything else happens, so
+    the server always has the next prompt waiting and its GPU never idles between prompts. Downloads
+    and image metrics run on a separate pool and never delay the next submission. A row is appended
+    only once its files are on disk, so a kill at any moment loses no finished row and writes none twice.
+    """
+
+    POLL_S = 0.1
+
+    def __init__(self, spec: Spec, base: dict, urls: list[str], out_dir: Path, per_server: int = 3,
                  timeout: float = 3600.0, log=print):
         self.spec, self.base, self.urls, self.out_dir = spec, base, urls, out_dir
         self.per_server, self.timeout, self.log = per_server, timeout, log
@@ -432,40 +447,117 @@ class Runner:
         self.images.mkdir(parents=True, exist_ok=True)
         for cell in todo:
             self.todo.put(cell)
-        threads = [threading.Thread(target=self.worker, args=(url,), daemon=True, name=f"sweep {url} #{i}")
-                   for url in self.urls for i in range(self.per_server)]
-        for t in threads:
-            t.start()
-        try:
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(timeout=0.5)
-        except KeyboardInterrupt:
-            self.cancel_pending()
-            raise
+        with ThreadPoolExecutor(max(2, len(self.urls)), thread_name_prefix="sweep download") as downloads:
+            feeders = [threading.Thread(target=self.feed, args=(url, downloads), daemon=True, name=f"sweep {url}")
+                       for url in self.urls]
+            for t in feeders:
+                t.start()
+            try:
+                while any(t.is_alive() for t in feeders):
+                    for t in feeders:
+                        t.join(timeout=0.5)
+            except KeyboardInterrupt:
+                self.cancel_pending()
+                downloads.shutdown(wait=False, cancel_futures=True)
+                raise
         if not self.todo.empty():
             left = self.todo.qsize()
             raise SweepError(f"every server became unreachable ({', '.join(sorted(self.dead))}); {left} cells did not run. "
                              "Start a server and rerun the same command: finished cells are kept.")
 
-    def worker(self, url: str) -> None:
+    def feed(self, url: str, downloads: ThreadPoolExecutor) -> None:
+        """Keep ``per_server`` prompts in flight on one server until no cell is left."""
         client = ComfyClient(url, timeout=60)
-        while True:
-            try:
-                cell = self.todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.run_cell(client, cell)
-            except ComfyError as e:
-                if not self.reachable(client):
-                    self.dead.add(url)
-                    self.todo.put(cell)
-                    self.log(f"server {url} is unreachable; its cells go to the other servers")
+        in_flight: dict[str, tuple[Cell, float, float]] = {}  # prompt id -> cell, monotonic start, epoch queued
+        try:
+            while True:
+                while len(in_flight) < self.per_server and self.submit_next(client, in_flight):
+                    pass
+                if not in_flight:
                     return
-                self.fail(cell, url, str(e))
-            except Exception as e:  # an unreadable output file, a full disk: record it and go on with the others
+                for prompt_id, entry in self.finished_prompts(client, in_flight):
+                    cell, start, queued_at = in_flight.pop(prompt_id)
+                    self.pending.pop(prompt_id, None)
+                    downloads.submit(self.record, client, cell, prompt_id, entry, time.monotonic() - start, queued_at)
+        except ServerGone:
+            self.dead.add(url)
+            for cell, _, _ in in_flight.values():
+                self.todo.put(cell)
+            self.log(f"server {url} is unreachable; its cells go to the other servers")
+        except Exception as e:  # a bug or an answer we cannot read: fail this server's cells, keep the others going
+            self.dead.add(url)
+            for cell, _, _ in in_flight.values():
                 self.fail(cell, url, f"{type(e).__name__}: {e}")
+            self.log(f"stopped sending cells to {url}: {type(e).__name__}: {e}")
+
+    def submit_next(self, client: ComfyClient, in_flight: dict) -> bool:
+        """Queue the next cell on this server; False when no cell is left."""
+        try:
+            cell = self.todo.get_nowait()
+        except queue.Empty:
+            return False
+        start = time.monotonic()
+        try:
+            prompt_id = client.queue(build_prompt(self.base, self.spec, cell))
+        except ComfyError as e:
+            if not self.reachable(client):
+                self.todo.put(cell)
+                raise ServerGone(client.url) from None
+            self.fail(cell, client.url, str(e))
+            return True
+        in_flight[prompt_id] = (cell, start, round(time.time(), 3))
+        self.pending[prompt_id] = (client, prompt_id)
+        return True
+
+    def finished_prompts(self, client: ComfyClient, in_flight: dict) -> list[tuple[str, dict | Exception]]:
+        """Wait until the oldest in-flight prompt ended (a server runs its queue in order, so only the oldest
+        is asked about, and those behind it once it is done); each one's history entry or its error."""
+        while True:
+            done = []
+            for prompt_id, (cell, start, _) in in_flight.items():
+                try:
+                    entry = client.history(prompt_id)
+                except Exception:
+                    if not self.reachable(client):
+                        raise ServerGone(client.url) from None
+                    break  # a hiccup: ask again at the next poll
+                status = (entry or {}).get("status", {})
+                if entry is not None and (status.get("completed") is not None or status.get("status_str") == "error"):
+                    try:
+                        done.append((prompt_id, client._check_status(prompt_id, entry)))
+                    except ComfyError as e:
+                        done.append((prompt_id, e))
+                elif time.monotonic() - start > self.timeout:
+                    done.append((prompt_id, ComfyError(f"prompt {prompt_id} did not finish within {self.timeout:.0f} s")))
+                else:
+                    break
+            if done:
+                return done
+            time.sleep(self.POLL_S)
+
+    def record(self, client: ComfyClient, cell: Cell, prompt_id: str, entry, wall: float, queued_at: float) -> None:
+        """Download a finished cell's files and append its row (or record its failure)."""
+        if isinstance(entry, Exception):
+            self.fail(cell, client.url, str(entry))
+            return
+        try:
+            files = self.download(client, cell, entry.get("outputs", {}))
+            pictures = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            row = {"cell": cell.id, "label": cell.label, "status": "ok", "seed": cell.seed, "params": cell.params,
+                   "image": pictures[0].relative_to(self.out_dir).as_posix() if pictures else None,
+                   "files": [f.relative_to(self.out_dir).as_posix() for f in files], "server": client.url,
+                   "prompt_id": prompt_id, "seconds": execution_seconds(entry), "wall_seconds": round(wall, 3),
+                   "queued_at": queued_at}
+            if pictures:
+                row.update(image_metrics(pictures[0], self.spec.edge_threshold))
+        except Exception as e:  # an unreadable output file, a full disk: record it and go on with the others
+            self.fail(cell, client.url, f"{type(e).__name__}: {e}")
+            return
+        self.results.append(row)
+        with self.count_lock:
+            self.finished += 1
+            n = self.finished
+        self.log(f"[{n}/{self.total}] {cell.label} on {client.url}: {row['seconds'] or wall:.1f} s")
 
     def fail(self, cell: Cell, url: str, error: str) -> None:
         """Record a failed cell (retried on the next run) and tell the user."""
@@ -481,30 +573,6 @@ class Runner:
             return True
         except ComfyError:
             return False
-
-    def run_cell(self, client: ComfyClient, cell: Cell) -> None:
-        prompt = build_prompt(self.base, self.spec, cell)
-        start = time.monotonic()
-        prompt_id = client.queue(prompt)
-        self.pending[prompt_id] = (client, prompt_id)
-        try:
-            entry = client.wait(prompt_id, timeout=self.timeout, progress=False)
-        finally:
-            self.pending.pop(prompt_id, None)
-        wall = time.monotonic() - start
-        files = self.download(client, cell, entry.get("outputs", {}))
-        pictures = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-        row = {"cell": cell.id, "label": cell.label, "status": "ok", "seed": cell.seed, "params": cell.params,
-               "image": pictures[0].relative_to(self.out_dir).as_posix() if pictures else None,
-               "files": [f.relative_to(self.out_dir).as_posix() for f in files], "server": client.url,
-               "prompt_id": prompt_id, "seconds": execution_seconds(entry), "wall_seconds": round(wall, 3)}
-        if pictures:
-            row.update(image_metrics(pictures[0], self.spec.edge_threshold))
-        self.results.append(row)
-        with self.count_lock:
-            self.finished += 1
-            n = self.finished
-        self.log(f"[{n}/{self.total}] {cell.label} on {client.url}: {row['seconds'] or wall:.1f} s")
 
     def download(self, client: ComfyClient, cell: Cell, outputs: dict) -> list[Path]:
         """Every output file of a cell, renamed after the cell (images of type 'output', else previews)."""
@@ -671,7 +739,8 @@ def add_parser(sub) -> None:
     p.add_argument("--server", dest="servers", action="append", default=[], metavar="URL",
                    help="ComfyUI server URL; repeat for several servers (default: $COMFYUI_URL or http://127.0.0.1:8188)")
     p.add_argument("--out", help="output folder (default: sweeps_out/<spec name>); rerun with the same folder to resume")
-    p.add_argument("--per-server", type=int, default=2, help="prompts kept in flight per server (default 2)")
+    p.add_argument("--per-server", type=int, default=3,
+                   help="prompts kept in flight per server: 1 running + the rest queued behind it (default 3)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="set an input in every cell (repeatable)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one cell (default 3600)")

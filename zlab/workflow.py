@@ -230,3 +230,19 @@ def set_prompt(api: dict, text: str) -> dict:
                             f"title it {PROMPT_TITLE!r} or use --set 'Title.text=...'")
     key = "text" if "text" in api[ids[0]]["inputs"] else "prompt"
     return set_input(api, f"{ids[0]}.{key}={json.dumps(text)}")
+
+
+SAVE_NODE = "ZImageLabSaveImage"
+
+
+def use_save_node(api: dict, compress_level: int = 4, background: bool = True) -> tuple[dict, int]:
+    """Swap every stock SaveImage for Z-Image Save Image (same files, names and metadata; the PNG is
+    written off the prompt's thread), keeping ids, titles, links and prefixes; return (workflow, count)."""
+    out = copy.deepcopy(api)
+    count = 0
+    for node in out.values():
+        if node.get("class_type") == "SaveImage":
+            node["class_type"] = SAVE_NODE
+            node["inputs"].update({"compress_level": compress_level, "background": background})
+            count += 1
+    return out, count

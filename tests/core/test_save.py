@@ -34,6 +34,16 @@ def test_pixels_are_truncated_after_clipping_as_savimage_does():
     assert got.dtype == np.uint8 and got.tolist() == [[[0, 255, 127], [0, 255, 254]]]
 
 
+def test_pixels_equal_saveimages_expression_everywhere():
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float16, np.float64):
+        x = (rng.random((64, 64, 3)) * 1.4 - 0.2).astype(dtype)
+        x[0, :3, 0] = [np.nan, np.inf, -np.inf]
+        with np.errstate(invalid="ignore"):
+            expected = np.clip(255. * x, 0, 255).astype(np.uint8)  # nodes.py SaveImage.save_images
+            assert np.array_equal(save.to_uint8(x), expected), dtype
+
+
 def test_pixels_from_a_torch_tensor():
     torch = pytest.importorskip("torch")
     x = torch.rand(5, 7, 3)

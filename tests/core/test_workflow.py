@@ -119,3 +119,28 @@ def test_seed_inputs_carry_a_control_value_as_the_frontend_adds_one():
     assert not wf.has_control("seed", ["INT", {"control_after_generate": False}])
     assert wf.has_control("count", ["INT", {"control_after_generate": True}])
     assert not wf.has_control("steps", ["INT", {}]) and not wf.has_control("seed", ["STRING", {}])
+
+
+
+def test_every_shipped_workflow_takes_the_save_node(repo, node_schema):
+    assert wf.SAVE_NODE in node_schema, "the schema snapshot lacks the save node: run `python tests/harness.py schema`"
+    saving = 0
+    for _, api_path in shipped_pairs(repo):
+        api = json.loads(api_path.read_text())
+        swapped, count = wf.use_save_node(api)
+        _check_api_against_schema(swapped, node_schema, api_path.name)
+        assert not wf.find_nodes(swapped, "SaveImage")
+        saves = wf.find_nodes(swapped, wf.SAVE_NODE)
+        assert len(saves) >= count and all(swapped[n]["inputs"]["images"] == (api[n]["inputs"]["images"]) for n in saves)
+        assert {k: v for k, v in swapped.items() if k not in saves} == {k: v for k, v in api.items() if k not in saves}
+        saving += bool(saves)
+    assert saving == len(shipped_pairs(repo))  # every shipped workflow saves an image
+
+
+def test_swap_sets_the_options_and_leaves_the_input_alone():
+    api = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+           "2": {"class_type": "SaveImage", "_meta": {"title": "Save"}, "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    swapped, count = wf.use_save_node(api, compress_level=1, background=False)
+    assert count == 1 and api["2"]["class_type"] == "SaveImage"
+    assert swapped["2"] == {"class_type": "ZImageLabSaveImage", "_meta": {"title": "Save"},
+                            "inputs": {"images": ["1", 0], "filename_prefix": "x", "compress_level": 1, "background": False}}

@@ -80,13 +80,6 @@ def output_paths(base, entry, node_id):
     return [base / "output" / r["subfolder"] / r["filename"] for r in entry["outputs"][node_id]["images"]]
 
 
-def flush(url):
-    request = urllib.request.Request(url + "/zimage_lab/save/flush", data=b'{"timeout": 120}', method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=180) as response:
-        return json.loads(response.read())
-
-
 def test_same_pixels_metadata_and_bytes_as_saveimage(lab):
     api = lab.workflow("zimage_turbo_lab.json", image_size=96)
     decode = api["8"]["inputs"]["images"]
@@ -95,7 +88,7 @@ def test_same_pixels_metadata_and_bytes_as_saveimage(lab):
     api["21"] = lab_save(decode, "cmp/lab_fast", level=1)
     api["22"] = lab_save(decode, "cmp/lab_inline", level=4, background=False)
     _, entry = run(lab.client, api, WORKFLOW_EXTRA)
-    flush(lab.url)
+    lab.flush_saves()
     (stock,) = output_paths(lab.base, entry, "8")
     (lab4,), (lab1,), (inline,) = (output_paths(lab.base, entry, n) for n in ("20", "21", "22"))
     assert entry["outputs"]["20"]["images"] == [{"filename": "lab_00001_.png", "subfolder": "cmp", "type": "output"}]
@@ -134,7 +127,7 @@ def test_many_prompts_in_a_row_land_with_unique_names(lab):
                "4": lab_save(["1", 0], "burst/b%batch_num%", level=4)}
         ids.append((n, lab.client.queue(api)))
     entries = [(n, lab.client.wait(pid, timeout=600, progress=False)) for n, pid in ids]
-    flush(lab.url)
+    lab.flush_saves()
     names = []
     for n, entry in entries:
         colour = np.array([(n * 1000 >> 16) & 255, (n * 1000 >> 8) & 255, n * 1000 & 255])
@@ -151,16 +144,20 @@ def test_many_prompts_in_a_row_land_with_unique_names(lab):
 
 def test_execution_time_against_saveimage(lab, capsys):
     name = put_input(lab, "save_realistic.png", realistic_image())
-    run(lab.client, {"1": load_image(name), "2": stock_save(["1", 0], "timing/warm")})  # LoadImage cached from here
-    seconds = {"SaveImage": [], "Z-Image Save Image": [], "Z-Image Save Image (background off)": []}
+    tiny = put_input(lab, "save_tiny.png", realistic_image()[:8, :8])
+    for image in (name, tiny):
+        run(lab.client, {"1": load_image(image), "2": stock_save(["1", 0], "timing/warm")})  # LoadImage cached from here
+    cases = {"SaveImage": (name, lambda n: stock_save(["1", 0], f"timing/stock{n}")),
+             "Z-Image Save Image": (name, lambda n: lab_save(["1", 0], f"timing/lab{n}")),
+             "Z-Image Save Image (background off)": (name, lambda n: lab_save(["1", 0], f"timing/inline{n}", background=False)),
+             "Z-Image Save Image, 8x8 image (the prompt's own overhead)": (tiny, lambda n: lab_save(["1", 0], f"timing/tiny{n}"))}
+    seconds = {label: [] for label in cases}
     for n in range(3):
-        for label, node in (("SaveImage", stock_save(["1", 0], f"timing/stock{n}")),
-                            ("Z-Image Save Image", lab_save(["1", 0], f"timing/lab{n}")),
-                            ("Z-Image Save Image (background off)", lab_save(["1", 0], f"timing/inline{n}", background=False))):
-            _, entry = run(lab.client, {"1": load_image(name), "2": node})
+        for label, (image, node) in cases.items():
+            _, entry = run(lab.client, {"1": load_image(image), "2": node(n)})
             stamps = {k: d["timestamp"] for k, d in entry["status"]["messages"] if "timestamp" in d}
             seconds[label].append((stamps["execution_success"] - stamps["execution_start"]) / 1000)
-            flush(lab.url)  # the next prompt starts with an idle writer: each row measures one save alone
+            lab.flush_saves()  # the next prompt starts with an idle writer: each row measures one save alone
     report = {k: round(statistics.median(v), 4) for k, v in seconds.items()}
     with capsys.disabled():
         print(f"\n1024x1024 save, prompt execution seconds on the server (median of 3): {report}")

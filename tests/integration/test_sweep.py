@@ -125,6 +125,27 @@ def test_sweep_resumes_after_a_kill_without_duplicates_on_two_servers(lab, secon
     assert len(ok_rows(out)) == 8
 
 
+def test_the_next_prompt_is_always_queued_before_the_running_one_ends(lab, tmp_path, repo):
+    spec = {"name": "pipelined", "params": {"Z-Image Sampler.steps": [2, 3]}, "seeds": "11-16"}
+    workflow, spec_path = files(lab, tmp_path, spec)
+    out = tmp_path / "pipelined"
+    proc = subprocess.run(command(spec_path, workflow, out, lab.url), cwd=repo, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = ok_rows(out)
+    assert len(rows) == 12 and len({r["cell"] for r in rows}) == 12
+
+    def stamps(prompt_id):  # the server's own clock (epoch ms), as it reports the prompt's run in /history
+        messages = lab.client.history(prompt_id)["status"]["messages"]
+        found = {kind: data["timestamp"] / 1000 for kind, data in messages if "timestamp" in data}
+        return found["execution_start"], found["execution_success"]
+
+    runs = sorted((*stamps(r["prompt_id"]), r["queued_at"]) for r in rows)
+    gaps = [round(b[0] - a[1], 3) for a, b in zip(runs, runs[1:])]
+    print(f"\nidle gaps between consecutive prompts on the server (s): {gaps}")
+    for (_, end_before, _), (_, _, queued) in zip(runs, runs[1:]):
+        assert queued < end_before  # submitted while the previous prompt still ran: the server never waited for us
+
+
 def test_ui_format_workflow_is_converted_with_the_servers_schema(lab, tmp_path, repo):
     spec = {"params": {"Z-Image Sampler.steps": [2]}, "seeds": "5-6"}
     workflow, spec_path = files(lab, tmp_path, spec, ui=True)
