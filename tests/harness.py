@@ -51,6 +51,31 @@ def find_comfyui() -> Path | None:
     return None
 
 
+def comfyui_version(comfyui: Path) -> str:
+    """The version a ComfyUI work tree declares (comfyui_version.py), or "unknown"."""
+    import re
+
+    text = (comfyui / "comfyui_version.py").read_text() if (comfyui / "comfyui_version.py").is_file() else ""
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', text)
+    return match.group(1) if match else "unknown"
+
+
+def frontend_version() -> str:
+    """The version of the frontend package this Python environment serves (ComfyUI's requirements pin it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("comfyui-frontend-package")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe(comfyui: Path) -> str:
+    """One line naming the ComfyUI under test: version, frontend, work tree, Python."""
+    return (f"ComfyUI {comfyui_version(comfyui)} (frontend {frontend_version()}) at {comfyui}, "
+            f"Python {sys.executable}")
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
