@@ -131,10 +131,10 @@ def repo():
     return harness.REPO
 
 
-@pytest.fixture(scope="session")
-def node_schema():
-    """Stock ComfyUI 0.18.1 node schema plus this pack's, as shipped with the tests."""
-    schema = json.loads((harness.DATA / "object_info-0.18.1.json").read_text())
+@pytest.fixture(scope="session", params=harness.stock_schema_versions())
+def node_schema(request):
+    """Stock node schema of each tested ComfyUI version (0.18.1, 0.30.2) plus this pack's, as shipped with the tests."""
+    schema = json.loads((harness.DATA / f"object_info-{request.param}.json").read_text())
     schema.update(json.loads((harness.DATA / "object_info-zimage-lab.json").read_text()))
     return schema
 
