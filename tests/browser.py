@@ -40,6 +40,15 @@ OPTIONAL_PATHS = [re.compile(p) for p in (
     r"^/extensions/[^/]+/docs/[^/]+/[a-z]{2}(-[A-Za-z]+)?\.md$",
 )]
 
+# Console errors the stock frontend logs by itself at start-up, with no custom node installed (checked by
+# tests/integration/test_browser.py with this pack's JavaScript stubbed out): ignored in the start-up phase only.
+STOCK_STARTUP_ERRORS = {
+    # frontend 1.47 (ComfyUI 0.30): src/stores/appModeStore.ts reads app.rootGraph when the store is created,
+    # before the first graph exists; frontend 1.42 (ComfyUI 0.18) logs nothing
+    "ComfyApp graph accessed before initialization",
+}
+OUR_EXTENSION_JS = re.compile(r"/extensions/" + re.escape(harness.PACK_FOLDER) + r"/.*\.js$")
+
 # The page-side half of harness.use_tiny_models / shrink_images: replace stock Z-Image loaders by
 # the test-only tiny loaders (rewiring their links), point file widgets at the tiny files, make
 # empty latents small, and give LoadImage nodes their file names back.
@@ -129,8 +138,13 @@ class Chromium:
         self.browser = self._playwright.chromium.launch(executable_path=chromium_path(), headless=True,
                                                         args=CHROMIUM_ARGS)
 
-    def page(self, url: str, viewport: dict = VIEWPORT) -> "ComfyPage":
+    def page(self, url: str, viewport: dict = VIEWPORT, without_our_js: bool = False) -> "ComfyPage":
+        """A tab with a fresh profile; ``without_our_js`` serves this pack's scripts as empty modules (the
+        stock frontend with our nodes, to tell the frontend's own messages from ours)."""
         context = self.browser.new_context(viewport=viewport)
+        if without_our_js:
+            context.route(OUR_EXTENSION_JS, lambda route: route.fulfill(
+                status=200, content_type="text/javascript", body="export {};"))
         return ComfyPage(context, url)
 
     def close(self) -> None:
@@ -219,8 +233,10 @@ class ComfyPage:
 
     # --- errors ---------------------------------------------------------------------------
     def errors(self, phase: str | None = None) -> list[tuple]:
-        """Console errors, page errors and failed requests (optional frontend lookups excepted)."""
-        bad = [e for e in self.console if phase in (None, e[0])]
+        """Console errors, page errors and failed requests (optional frontend lookups and the stock
+        frontend's own start-up messages excepted)."""
+        bad = [e for e in self.console if phase in (None, e[0])
+               and not (e[0] == "startup" and e[2] in STOCK_STARTUP_ERRORS)]
         for p, url, why in self.network:
             if phase not in (None, p):
                 continue
@@ -237,13 +253,17 @@ class ComfyPage:
         state = json.loads(self.page.evaluate(f"""(() => {{
           const s = {STORES};
           const errors = s.get('executionError'), models = s.get('missingModel');
+          // frontend 1.42 keeps missing nodes in the executionError store, later ones in their own store
+          const missingNodes = s.get('missingNodesError') ?? errors;
+          const media = s.get('missingMedia');  // frontend >= 1.47: LoadImage files the server lacks
           const unregistered = app.graph.nodes.filter((n) => !(n.type in LiteGraph.registered_node_types)).map((n) => n.type);
           // a late scan of the previous graph (the default one after a reload) can leave its candidates behind
           const onThisGraph = (m) => m.nodeId == null || app.graph.nodes.some(
             (n) => String(n.id) === String(m.nodeId) && n.type === m.nodeType);
           return JSON.stringify({{
             unregistered_types: unregistered,
-            missing_nodes: errors.missingNodesError,
+            missing_nodes: missingNodes.missingNodesError ?? null,
+            missing_media: (media?.missingMediaCandidates ?? []).filter((m) => m.isMissing !== false && onThisGraph(m)),
             missing_models: (models.missingModelCandidates ?? []).filter((m) => m.isMissing !== false && onThisGraph(m)),
             error_count: errors.totalErrorCount,
             error_overlay: errors.isErrorOverlayOpen,
@@ -365,6 +385,11 @@ def create_placeholder_models(base: Path, missing: list[dict]) -> list[Path]:
             path.touch()
             made.append(path)
     return made
+
+
+def input_images_named_in(workflow: dict) -> set[str]:
+    """The files a UI workflow's LoadImage nodes name."""
+    return {str(n["widgets_values"][0]) for n in workflow["nodes"] if n["type"] == "LoadImage" and n.get("widgets_values")}
 
 
 def provide_input_images(base: Path, workflow: dict, size: int = 64) -> list[Path]:

@@ -21,15 +21,17 @@ COMFYUI = harness.find_comfyui()
 _counts = {"integration_collected": 0, "browser_collected": 0, "browser_missing": None}
 
 
+def pytest_report_header(config):
+    return "integration tests against: " + (harness.describe(COMFYUI) if COMFYUI else "no ComfyUI found")
+
+
 def pytest_collection_modifyitems(config, items):
     integration = [item for item in items if item.get_closest_marker("integration")]
-    _counts["integration_collected"] = len(integration)
     if COMFYUI is None:
         skip = pytest.mark.skip(reason="no ComfyUI found at $COMFYUI_PATH or ~/comfy/ComfyUI")
         for item in integration:
             item.add_marker(skip)
     in_browser = [item for item in items if item.get_closest_marker("browser")]
-    _counts["browser_collected"] = len(in_browser)
     if in_browser:
         import browser
 
@@ -39,19 +41,27 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=_counts["browser_missing"]))
 
 
+def pytest_collection_finish(session):
+    """Count what will run (after -m / -k deselection)."""
+    _counts["integration_collected"] = sum(1 for item in session.items if item.get_closest_marker("integration"))
+    _counts["browser_collected"] = sum(1 for item in session.items if item.get_closest_marker("browser"))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     n = _counts["integration_collected"]
+    if n == 0:
+        return
     if COMFYUI is None:
         terminalreporter.write_line(
             f"integration: {n} tests SKIPPED because no ComfyUI was found at $COMFYUI_PATH or ~/comfy/ComfyUI "
-            "(set COMFYUI_PATH to a ComfyUI 0.18.1 work tree to run them)")
+            "(set COMFYUI_PATH to a ComfyUI 0.18.1 or 0.30.2 work tree to run them)")
         return
     if _counts["browser_missing"]:
         terminalreporter.write_line(f"browser: {_counts['browser_collected']} tests SKIPPED: {_counts['browser_missing']}")
     stats = terminalreporter.stats
     ran = [r for key in ("passed", "failed", "error") for r in stats.get(key, [])
            if getattr(r, "when", "call") == "call" and "integration" in getattr(r, "keywords", {})]
-    terminalreporter.write_line(f"integration: {len(ran)} of {n} tests ran against the real ComfyUI at {COMFYUI}")
+    terminalreporter.write_line(f"integration: {len(ran)} of {n} tests ran against {harness.describe(COMFYUI)}")
 
 
 class Lab:
@@ -117,6 +127,7 @@ def lab():
         server.stop()
         artifacts = os.environ.get("ZLAB_TEST_ARTIFACTS")
         if artifacts:
+            Path(artifacts).mkdir(parents=True, exist_ok=True)
             shutil.copy(server.log_path, Path(artifacts) / "server.log")
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -133,10 +144,10 @@ def repo():
     return harness.REPO
 
 
-@pytest.fixture(scope="session")
-def node_schema():
-    """Stock ComfyUI 0.18.1 node schema plus this pack's, as shipped with the tests."""
-    schema = json.loads((harness.DATA / "object_info-0.18.1.json").read_text())
+@pytest.fixture(scope="session", params=harness.stock_schema_versions())
+def node_schema(request):
+    """Stock node schema of each tested ComfyUI version (0.18.1, 0.30.2) plus this pack's, as shipped with the tests."""
+    schema = json.loads((harness.DATA / f"object_info-{request.param}.json").read_text())
     schema.update(json.loads((harness.DATA / "object_info-zimage-lab.json").read_text()))
     return schema
 

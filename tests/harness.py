@@ -8,7 +8,8 @@ loader nodes of tests/testing_pack, models/ holds the tiny files.
 
 Also a command: ``python tests/harness.py demo`` runs the main shipped workflow through the
 API client on such a server; ``python tests/harness.py schema`` rewrites the snapshot of our
-node schemas in tests/data.
+node schemas in tests/data, ``python tests/harness.py stock-schema`` the stock node schema of the
+ComfyUI at $COMFYUI_PATH (tests/data/object_info-<version>.json).
 """
 
 from __future__ import annotations
@@ -49,6 +50,31 @@ def find_comfyui() -> Path | None:
         if (path / "main.py").is_file() and (path / "comfy").is_dir():
             return path.resolve()
     return None
+
+
+def comfyui_version(comfyui: Path) -> str:
+    """The version a ComfyUI work tree declares (comfyui_version.py), or "unknown"."""
+    import re
+
+    text = (comfyui / "comfyui_version.py").read_text() if (comfyui / "comfyui_version.py").is_file() else ""
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', text)
+    return match.group(1) if match else "unknown"
+
+
+def frontend_version() -> str:
+    """The version of the frontend package this Python environment serves (ComfyUI's requirements pin it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("comfyui-frontend-package")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe(comfyui: Path) -> str:
+    """One line naming the ComfyUI under test: version, frontend, work tree, Python."""
+    return (f"ComfyUI {comfyui_version(comfyui)} (frontend {frontend_version()}) at {comfyui}, "
+            f"Python {sys.executable}")
 
 
 def free_port() -> int:
@@ -190,11 +216,37 @@ def _schema() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _stock_schema() -> int:
+    """Write tests/data/object_info-<version>.json: the stock node schema of the ComfyUI at COMFYUI_PATH
+    (no custom node, empty model folders), which the core tests check the shipped workflows against."""
+    comfyui = find_comfyui()
+    workdir = Path(tempfile.mkdtemp(prefix="zimage-lab-stock-schema-"))
+    try:
+        for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+            (workdir / sub).mkdir()
+        with ComfyServer(comfyui, workdir) as server:
+            schema = ComfyClient(server.url).object_info()
+        path = DATA / f"object_info-{comfyui_version(comfyui)}.json"
+        path.write_text(json.dumps(schema) + "\n")
+        print(f"wrote {len(schema)} node schemas of {describe(comfyui)} to {path.relative_to(REPO)}")
+        return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stock_schema_versions() -> list[str]:
+    """The ComfyUI versions whose stock node schema is in tests/data (object_info-<version>.json)."""
+    names = (p.name[len("object_info-"):-len(".json")] for p in DATA.glob("object_info-*.json"))
+    return sorted((n for n in names if n[:1].isdigit()), key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "demo":
         sys.exit(_demo(sys.argv[2] if len(sys.argv) > 2 else str(REPO / "out")))
     if command == "schema":
         sys.exit(_schema())
-    print("usage: python tests/harness.py demo [OUT_DIR] | schema", file=sys.stderr)
+    if command == "stock-schema":
+        sys.exit(_stock_schema())
+    print("usage: python tests/harness.py demo [OUT_DIR] | schema | stock-schema", file=sys.stderr)
     sys.exit(2)

@@ -21,7 +21,7 @@ NOT_RUNNABLE_WITH_TINY_MODELS: dict[str, str] = {
     "zimage_refiner_lora": "it loads a trained LoRA file that the browser test's server lacks (a placeholder is not a "
                            "LoRA); its API twin runs with a real trained file in tests/integration/test_refiner_lora_train.py",
 }
-CLEAN = {"unregistered_types": [], "missing_nodes": None, "missing_models": [], "error_count": 0,
+CLEAN = {"unregistered_types": [], "missing_nodes": None, "missing_models": [], "missing_media": [], "error_count": 0,
          "error_overlay": False, "dialogs": [], "pending_warnings": None, "error_toasts": []}
 
 
@@ -48,6 +48,17 @@ def test_frontend_loads_our_extensions_and_nodes_without_errors(lab, comfy_page)
     assert comfy_page.errors() == []
 
 
+def test_start_up_messages_we_ignore_come_from_the_stock_frontend(lab, chromium, comfy_page):
+    """browser.STOCK_STARTUP_ERRORS hides only what the frontend logs without our JavaScript too."""
+    ignored = {text for phase, kind, text in comfy_page.console if text in browser.STOCK_STARTUP_ERRORS}
+    stock = chromium.page(lab.url, without_our_js=True).open()
+    try:
+        assert "ZImageLab.NodeReport" not in stock.evaluate("app.extensions.map((e) => e.name)")
+        assert ignored <= {text for _, _, text in stock.console}, (ignored, stock.console)
+    finally:
+        stock.close()
+
+
 @pytest.mark.parametrize("path", browser.ui_workflows(), ids=lambda p: p.stem)
 def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_page, stand_ins, path):
     workflow = json.loads(path.read_text())
@@ -58,9 +69,11 @@ def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_
     assert first["unregistered_types"] == [] and first["missing_nodes"] is None, first
     # The test server has only the tiny model files: the frontend may flag the real names, and only those.
     assert {m["name"] for m in first["missing_models"]} <= model_files_named_in(workflow), first["missing_models"]
+    # frontends from 1.47 also flag input images the server lacks: only the ones the workflow's LoadImage names
+    assert {m["name"] for m in first["missing_media"]} <= browser.input_images_named_in(workflow), first["missing_media"]
     stand_ins += browser.create_placeholder_models(lab.base, first["missing_models"])
     stand_ins += browser.provide_input_images(lab.base, workflow)
-    if first["missing_models"]:
+    if first["missing_models"] or first["missing_media"]:
         page.reload()
         page.mark("drop")
         page.drop_workflow(path)

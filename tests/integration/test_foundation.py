@@ -1,4 +1,4 @@
-"""The pack inside a real ComfyUI 0.18.1 server: loading, schema, the sampler, the API client."""
+"""The pack inside a real ComfyUI server (0.18.1 or 0.30.2): loading, schema, the sampler, the API client."""
 
 import json
 import subprocess
@@ -22,6 +22,18 @@ def test_pack_loads_without_errors_or_warnings(lab):
     for bad in ("Traceback", "Cannot import", "Unable to parse pyproject.toml"):
         assert bad not in log, log
     assert not [l for l in log.splitlines() if "WARNING" in l and harness.PACK_FOLDER in l]
+
+
+def test_comfyui_under_test_is_in_the_declared_range_and_the_docs(comfyui_path, repo):
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    declared = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"]
+    version = harness.comfyui_version(comfyui_path)
+    assert version in SpecifierSet(declared), \
+        f"ComfyUI {version} is outside requires-comfyui {declared!r}: once it passes, widen the range and docs/compatibility.md"
+    assert f"| {version} |" in (repo / "docs" / "compatibility.md").read_text(), "docs/compatibility.md must list it"
 
 
 def test_object_info_lists_the_sampler_and_matches_the_snapshot(lab):
