@@ -96,7 +96,7 @@ def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_
     entry = lab.client.history(events["done"]["prompt_id"])
     result = types.SimpleNamespace(outputs=entry["outputs"])
     for node in workflow["nodes"]:
-        if node["type"] == "SaveImage":
+        if node["type"] in ("SaveImage", "ZImageLabSaveImage"):
             images = lab.images(result, str(node["id"]))
             assert images and all(im.ndim == 3 and im.shape[2] in (3, 4) and im.std() > 0 for im in images), node
     samplers = page.evaluate("app.graph.nodes.filter((n) => n.type === 'ZImageLabSampler').map((n) => "

@@ -135,5 +135,5 @@ def test_chunked_long_prompt_workflow(lab):
     report = result.outputs[by_type["ZImageLabChunkedEncode"]]["text"][0]
     n = int(report.split()[0])
     assert n > 512 and f"in 2 windows (0-480, 416-{n})" in report, report
-    image = lab.images(result, by_type["SaveImage"])[0]
+    image = lab.images(result, by_type["ZImageLabSaveImage"])[0]
     assert image.shape == (64, 64, 3) and image.std() > 0

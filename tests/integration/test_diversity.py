@@ -27,7 +27,7 @@ def test_seed_workflow_runs_and_reports_both_batches(lab, name):
         api[nid]["inputs"]["steps"] = 3
     api = wf.set_input(api, "Image Size.batch_size=3")
     result = lab.run(api)
-    saves = {api[n]["_meta"]["title"]: n for n in wf.find_nodes(api, "SaveImage")}
+    saves = {api[n]["_meta"]["title"]: n for n in wf.find_nodes(api, "ZImageLabSaveImage")}
     stock = lab.images(result, saves["Save Image (stock)"])
     varied = lab.images(result, next(n for t, n in saves.items() if t.startswith("Save Image (") and "stock" not in t))
     assert len(stock) == len(varied) == 3 and stock[0].shape == (64, 64, 3)

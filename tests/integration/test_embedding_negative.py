@@ -52,7 +52,7 @@ def test_embedding_negative_workflow_runs_and_reports(lab):
     assert report.startswith("orthogonal x 1 on all tokens")
     after = float(report.rsplit("-> ", 1)[1])
     assert after < 1e-5
-    (image,) = lab.images(result, wf.find_nodes(api, "SaveImage")[0])
+    (image,) = lab.images(result, wf.find_nodes(api, "ZImageLabSaveImage")[0])
     assert image.shape == (64, 64, 3) and image.std() > 0
 
 

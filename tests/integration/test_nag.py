@@ -52,7 +52,7 @@ def test_nag_workflow_changes_the_image_and_scale_one_does_not(lab):
     off = lab.run(wf.set_input(api, "Z-Image NAG.scale=1"))
     stock_api = wf.set_input(api, 'Z-Image Sampler.model=["1", 0]')
     stock = lab.run(stock_api)
-    image_id = wf.find_nodes(api, "SaveImage")[0]
+    image_id = wf.find_nodes(api, "ZImageLabSaveImage")[0]
     (g,), (o,), (s,) = lab.images(guided, image_id), lab.images(off, image_id), lab.images(stock, image_id)
     assert g.shape == (64, 64, 3) and g.std() > 0
     assert np.array_equal(o, s)

@@ -44,7 +44,7 @@ def test_refined_workflow_runs(lab):
     result = lab.run(api)
     build = wf.find_nodes(api, "ZImageLabSteeringVectorBuild")[0]
     assert "refined space, width 256" in result.outputs[build]["text"][0]
-    (image,) = lab.images(result, wf.find_nodes(api, "SaveImage")[0])
+    (image,) = lab.images(result, wf.find_nodes(api, "ZImageLabSaveImage")[0])
     assert image.shape == (64, 64, 3) and image.std() > 0
 
 

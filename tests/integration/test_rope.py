@@ -258,7 +258,7 @@ def test_long_prompt_workflow_extends_the_caption_positions(lab):
     api["probe"] = {"class_type": "ZImageLabTestRoPEProbe", "inputs": {"model": [rope, 0], "filename_prefix": "rope_wf/probe"}}
     api[sampler]["inputs"].update(model=["probe", 0], steps=1)
     result = lab.run(api)
-    image = lab.images(result, by_type["SaveImage"])[0]
+    image = lab.images(result, by_type["ZImageLabSaveImage"])[0]
     assert image.shape == (64, 64, 3) and image.std() > 0
     caption, image_call = read_calls(lab, "rope_wf/probe")[:2]
     l_pad = int(caption["ids"][0, -1, 0])

@@ -101,7 +101,7 @@ def test_steering_workflow_saves_the_vector_with_its_metadata(lab, built):
     assert json.loads(meta["prompts_a"]) == build["prompts_a"].splitlines()
     assert (meta["count_a"], meta["count_b"], meta["width"]) == ("3", "3", "128")
     assert float(meta["norm"]) == pytest.approx(float(vector.double().norm()), rel=1e-12)
-    (image,) = lab.images(result, wf.find_nodes(api, "SaveImage")[0])
+    (image,) = lab.images(result, wf.find_nodes(api, "ZImageLabSaveImage")[0])
     assert image.shape == (64, 64, 3) and image.std() > 0
 
 
@@ -144,8 +144,8 @@ def test_loaded_vector_round_trips_bit_for_bit_and_steers_identically(lab, built
     assert torch.equal(original, again) and meta == meta_again
     assert "layer -2" in loaded.outputs[load_id]["text"][0]
     # same prompt, seed and vector: the loaded vector gives the built workflow's image, pixel for pixel
-    (built_image,) = lab.images(result, wf.find_nodes(api, "SaveImage")[0])
-    (loaded_image,) = lab.images(loaded, wf.find_nodes(load_api, "SaveImage")[0])
+    (built_image,) = lab.images(result, wf.find_nodes(api, "ZImageLabSaveImage")[0])
+    (loaded_image,) = lab.images(loaded, wf.find_nodes(load_api, "ZImageLabSaveImage")[0])
     assert np.array_equal(built_image, loaded_image)
 
 

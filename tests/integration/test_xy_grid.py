@@ -94,7 +94,7 @@ def test_shipped_workflow_runs(lab):
     xy = wf.find_nodes(api, "ZImageLabXYGrid")[0]
     api[xy]["inputs"]["steps"] = 2
     result = lab.run(api)
-    save = wf.find_nodes(api, "SaveImage")[0]
+    save = wf.find_nodes(api, "ZImageLabSaveImage")[0]
     (grid,) = lab.images(result, save)
     assert grid.ndim == 3 and grid.std() > 0
 
