@@ -60,9 +60,13 @@ elif [ "$#" -gt 0 ]; then
   done
 else
   run "core tests" "${found[0]}" -m "not integration"
+  # The first ComfyUI gets every integration test; the others every one but the browser tests (about 20 min
+  # each on 2 cores), to stay inside CI's 90 minutes. ZLAB_BROWSER_ALL=1 runs them on every version.
+  marker="integration"
   for comfy in "${found[@]}"; do
     v="$(version_of "$comfy")"
-    ZLAB_TEST_ARTIFACTS="$artifacts/comfyui-$v" run "integration tests, ComfyUI $v ($comfy)" "$comfy" -m integration
+    ZLAB_TEST_ARTIFACTS="$artifacts/comfyui-$v" run "integration tests ($marker), ComfyUI $v ($comfy)" "$comfy" -m "$marker"
+    [ "${ZLAB_BROWSER_ALL:-0}" = 1 ] || marker="integration and not browser"
   done
 fi
 

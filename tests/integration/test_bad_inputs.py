@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +34,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # Opt-in until it has a green run: about 750 prompts (25 min on 2 busy cores), and the cases in KNOWN
+    # still wait for their owners' fixes. Run it with ZLAB_BAD_INPUTS=1.
+    pytest.mark.skipif(os.environ.get("ZLAB_BAD_INPUTS") != "1",
+                       reason="bad-input sweep is opt-in (ZLAB_BAD_INPUTS=1): ~750 prompts, not yet green"),
+]
 
 BOUND_S = 60.0
 """Longest a single bad-input prompt may execute (the tiny models run every valid one in a few seconds
