@@ -83,7 +83,9 @@ TINY_SWAP_JS = """([loaders, files, size]) => {
 
 EVENTS_JS = """() => {
   const ev = window.__zlab = {done: null, error: null, interrupted: null, previews: {}, legacyPreviews: 0, promptId: null};
+  ev.cached = [];
   app.api.addEventListener('execution_start', (e) => { ev.promptId = e.detail.prompt_id; });
+  app.api.addEventListener('execution_cached', (e) => { ev.cached.push(...(e.detail.nodes ?? []).map(String)); });
   app.api.addEventListener('execution_success', (e) => { ev.done = e.detail; });
   app.api.addEventListener('execution_error', (e) => { ev.error = e.detail; });
   app.api.addEventListener('execution_interrupted', (e) => { ev.interrupted = e.detail; });

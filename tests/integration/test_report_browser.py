@@ -55,7 +55,9 @@ def test_rating_page_end_to_end(tmp_path, tab):
         keys = ["ArrowLeft", "ArrowRight", "t", "s", "1"]
         for n, key in enumerate(keys):
             tab.wait_for_function(f"document.getElementById('progress').textContent.startsWith('{n} /')")
-            assert tab.evaluate("document.getElementById('left').complete && document.getElementById('left').naturalWidth") == 32
+            # the pair's images load after the counter updates: wait for the left one (32 px wide), fail after 30 s
+            tab.wait_for_function("document.getElementById('left').complete && "
+                                  "document.getElementById('left').naturalWidth === 32", timeout=30000)
             tab.keyboard.press(key)
         tab.wait_for_function("document.getElementById('progress').textContent.startsWith('5 /')")
         tab.reload()  # resumable: the count survives a reload
