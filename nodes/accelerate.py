@@ -19,6 +19,7 @@ from ._accelerate_block import AcceleratedBlock, Runtime, attention_override
 from ._internals import graphs, memory
 from ._internals.llama import TEXT_ENCODER_GRAPH, accelerate_clip
 from ._internals.ops import attention_override_of, set_attention_override
+from ._internals.server import routes as server_routes
 from ._internals.vae import accelerate_vae
 
 __all__ = ["accelerate_model", "accelerate_clip", "accelerate_vae", "runtime_of", "safe_options", "NODES"]
@@ -232,12 +233,11 @@ NODES = [ZImageAccelerate]
 
 def on_load():
     """GET /zimage_lab/accelerate/encode_cache (entries, hits, misses) and POST .../clear."""
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:  # not inside a ComfyUI server
+    from aiohttp import web
+
+    routes = server_routes()
+    if routes is None:  # not inside a ComfyUI server
         return
-    routes = PromptServer.instance.routes
 
     @routes.get("/zimage_lab/accelerate/encode_cache")
     async def encode_cache_stats(request):

@@ -7,16 +7,16 @@ import logging
 import os
 import re
 
-import comfy.ldm.modules.attention
-import comfy.model_management
-import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io, ui
 from safetensors.torch import save_file
 
 from ..core import refiner_lora_train as core
+from ._internals import models as comfy_models
+from ._internals.dit import sdpa_attention
 from ._internals.memory import detached_copy
+from ._internals.server import progress_bar
 from . import CATEGORY
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def patched_weight(model, key: str, device):
     if key in model.patches and key not in model.backup:
         weight = model.patch_weight_to_device(key, device_to=device, return_weight=True)
     else:
-        weight = comfy.utils.get_attr(model.model, key)
+        weight = comfy_models.module_attribute(model.model, key)
     if hasattr(weight, "dequantize"):
         weight = weight.dequantize()
     return weight.detach().to(device=device, dtype=torch.float32).clone()
@@ -70,7 +70,7 @@ def frozen_copy(module, prefix: str, model, device):
 
 def differentiable_attention(func, *args, **kwargs):
     """Route the refiner's attention through PyTorch SDPA, which has a backward (sage/flash may not)."""
-    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+    return sdpa_attention(*args, **kwargs)
 
 
 def refiner_stack(model, device):
@@ -118,38 +118,36 @@ def train_refiner_lora(model, clip, prompts, style, preserve_prompts, rank, alph
     if clip is None:
         raise ValueError("clip is empty: connect Z-Image's text encoder (CLIPLoader qwen_3_4b.safetensors, type lumina2)")
     check_zimage(model)
-    device = comfy.model_management.get_torch_device()
+    device = comfy_models.torch_device()
 
     encoded_src = [encode(clip, p) for p in train_prompts]
     encoded_tgt = [encode(clip, core.with_style(p, style)) for p in train_prompts]
     encoded_keep = [encode(clip, q) for q in keep_prompts] if preservation_weight > 0 else []
 
-    comfy.model_management.load_models_gpu([model])  # our patches applied, other clones' removed
-    was_training = comfy.model_management.in_training
+    comfy_models.load_models([model])  # our patches applied, other clones' removed
     with torch.inference_mode(False), torch.enable_grad():
         stack, blocks = refiner_stack(model, device)
 
         def fresh(states):
             return states.detach().clone().to(device=device, dtype=torch.float32)
 
-        comfy.model_management.in_training = True  # ComfyUI's autograd-safe RoPE path
         hooks = []
-        try:
-            with torch.no_grad():
-                style_items, keep_items = [], []
-                for (src, src_ids), (tgt, tgt_ids) in zip(encoded_src, encoded_tgt):
-                    a, b = core.aligned_positions(src_ids, tgt_ids)
-                    style_items.append((fresh(src), a, stack.refine(fresh(tgt))[0, b].detach()))
-                for states, _ in encoded_keep:
-                    keep_items.append((fresh(states), stack.refine(fresh(states))[0].detach()))
-            loras, hooks = core.attach_loras(blocks, core.MODULE_SETS[modules], rank, alpha, seed, device)
-            params = [p for lora in loras.values() for p in lora.parameters()]
-            history = core.train(stack, params, style_items, keep_items, steps, learning_rate, preservation_weight,
-                                 callback=progress)
-        finally:
-            for hook in hooks:
-                hook.remove()
-            comfy.model_management.in_training = was_training
+        with comfy_models.training_mode():  # ComfyUI's autograd-safe RoPE path
+            try:
+                with torch.no_grad():
+                    style_items, keep_items = [], []
+                    for (src, src_ids), (tgt, tgt_ids) in zip(encoded_src, encoded_tgt):
+                        a, b = core.aligned_positions(src_ids, tgt_ids)
+                        style_items.append((fresh(src), a, stack.refine(fresh(tgt))[0, b].detach()))
+                    for states, _ in encoded_keep:
+                        keep_items.append((fresh(states), stack.refine(fresh(states))[0].detach()))
+                loras, hooks = core.attach_loras(blocks, core.MODULE_SETS[modules], rank, alpha, seed, device)
+                params = [p for lora in loras.values() for p in lora.parameters()]
+                history = core.train(stack, params, style_items, keep_items, steps, learning_rate, preservation_weight,
+                                     callback=progress)
+            finally:
+                for hook in hooks:
+                    hook.remove()
         state = core.lora_state_dict(loras)
     settings = {"prompts": train_prompts, "style": style, "preserve_prompts": keep_prompts, "rank": rank,
                 "alpha": alpha, "learning_rate": learning_rate, "steps": steps, "seed": seed,
@@ -209,7 +207,7 @@ class ZImageRefinerLoRATrain(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompts, style, preserve_prompts, rank, alpha, learning_rate, steps, seed,
                 preservation_weight, modules, lora_name) -> io.NodeOutput:
-        bar = comfy.utils.ProgressBar(steps)
+        bar = progress_bar(steps)
         every = max(1, steps // 10)
         seen = []
 

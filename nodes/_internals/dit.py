@@ -5,6 +5,7 @@ RoPE, and the parts of ``JointAttention`` / ``JointTransformerBlock`` forwards t
 from __future__ import annotations
 
 import comfy.ldm.common_dit
+import comfy.ldm.modules.attention
 import torch
 from comfy.ldm.flux.math import apply_rope
 from comfy.ldm.lumina.model import apply_gate, clamp_fp16, modulate, optimized_attention_masked, pos_ids_x
@@ -92,3 +93,9 @@ def residual_update(block, x, z, gate_msa, scale_mlp, gate_mlp):
     x = x + apply_gate(gate_msa.unsqueeze(1).tanh(), block.attention_norm2(clamp_fp16(block.attention.out(z))))
     return x + apply_gate(gate_mlp.unsqueeze(1).tanh(), block.ffn_norm2(
         clamp_fp16(block.feed_forward(modulate(block.ffn_norm1(x), scale_mlp)))))
+
+
+def sdpa_attention(*args, **kwargs):
+    """ComfyUI's PyTorch-SDPA attention (``comfy/ldm/modules/attention.py`` ``attention_pytorch``), which has a
+    backward pass where sage / flash attention may not. Checked: 0.18.1, 0.30.2."""
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.utils
 import torch
 
 
@@ -58,3 +61,25 @@ def check_zimage_model(model, caption_width: int | None = None):
         raise ValueError(f"the text encoder gives width {caption_width} but the model's caption embedder expects "
                          f"{dm.cap_embedder[1].in_features}: use the text encoder that belongs to this model")
     return dm
+
+
+def torch_device():
+    """The device ComfyUI computes on (``comfy/model_management.py`` ``get_torch_device``). Checked: 0.18.1, 0.30.2."""
+    return mm.get_torch_device()
+
+
+def module_attribute(module: torch.nn.Module, dotted: str):
+    """``comfy/utils.py`` ``get_attr``: the object at a dotted path inside a module. Checked: 0.18.1, 0.30.2."""
+    return comfy.utils.get_attr(module, dotted)
+
+
+@contextlib.contextmanager
+def training_mode():
+    """Sets ``comfy.model_management.in_training`` for the block, restoring it after: NextDiT then takes its
+    autograd-safe RoPE path (``comfy/ldm/flux/math.py`` ``apply_rope``). Checked: 0.18.1, 0.30.2."""
+    was_training = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = was_training
