@@ -165,6 +165,7 @@ def test_execution_time_against_saveimage(lab, capsys):
         print(f"\n1024x1024 save, prompt execution seconds on the server (median of 3): {report}")
     artifacts = os.environ.get("ZLAB_TEST_ARTIFACTS")
     if artifacts:
+        harness.Path(artifacts).mkdir(parents=True, exist_ok=True)
         (harness.Path(artifacts) / "save_timing.json").write_text(json.dumps(seconds, indent=1))
     stock = pixels(lab.base / "output" / "timing" / "stock0_00001_.png")
     assert np.array_equal(pixels(lab.base / "output" / "timing" / "lab0_00001_.png"), stock)
