@@ -3,7 +3,9 @@ graphs, statistics). A helper module of nodes/accelerate.py (the leading undersc
 
 ``AcceleratedBlock.forward`` takes the arguments of ``comfy/ldm/lumina/model.py`` ``JointTransformerBlock.forward``
 (0.18.1, 0.30.2) and runs ``core.accelerate.joint_block`` on the block's own weights, or the block itself where
-the fast path does not apply.
+the fast path does not apply. Uncompiled, joint_block takes the running ComfyUI's q/k norm + RoPE and attention call
+(``_internals/dit.py``), so it computes what the stock block computes; compiled, it runs core's arithmetic with the
+running version's q/k epsilon.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..core import accelerate as core
+from ._internals import dit
 from ._internals.ops import ATTENTION_OVERRIDE, WeightFetcher
+
 
 def _state(t: torch.Tensor) -> tuple:
     """Where a tensor's data lives and how often it was written (inference tensors keep no counter)."""
@@ -53,6 +57,7 @@ class Runtime:
         self.timer = core.ShapeTimer(self.stats)
         self.fp8 = Fp8Cache()
         self.graphs = core.GraphRunner()
+        self.compiled = options.compile_blocks
         self.block_fn = core.compiled_joint_block(options.compile_tuning) if options.compile_blocks else core.joint_block
         self._backends: dict = {}
         self.resident_copy = False
@@ -78,8 +83,17 @@ def _block_shape(block) -> core.BlockShape:
     att = block.attention
     q_norm = att.q_norm
     adaln_silu = bool(block.modulation) and isinstance(block.adaLN_modulation[0], torch.nn.SiLU)
+    qk_eps = dit.stock_qk_eps(att) if hasattr(q_norm, "eps") else None  # the running ComfyUI's q/k epsilon
     return core.BlockShape(att.n_local_heads, att.n_local_kv_heads, att.head_dim, block.attention_norm1.eps,
-                           getattr(q_norm, "eps", None), bool(block.modulation), adaln_silu)
+                           qk_eps, bool(block.modulation), adaln_silu)
+
+
+def stock_ops(block, options: dict) -> dict:
+    """qk_rope / attend for core.joint_block's uncompiled path: the running ComfyUI's own q/k norm + RoPE and
+    attention call (``nodes/_internals/dit.py`` ``stock_qk_norm_rope``, ``stock_attention``)."""
+    att = block.attention
+    return {"qk_rope": lambda q, k, freqs: dit.stock_qk_norm_rope(att, q, k, freqs),
+            "attend": lambda q, k, v: dit.stock_attention(att, q, k, v, None, options)}
 
 
 class AcceleratedBlock(torch.nn.Module):
@@ -144,8 +158,10 @@ class AcceleratedBlock(torch.nn.Module):
                 rt.stats.fallback("fp8 needs resident weights (no DynamicVRAM streaming or on-the-fly patches)")
             backend = rt.backend(x, self.shape)
             key = (tuple(x.shape), str(x.dtype), self.shape.modulation, backend, isinstance(weights.qkv, core.Fp8Weight))
+            exact = {} if rt.compiled else stock_ops(self, transformer_options)
             with rt.timer.first_call(key):
-                out = rt.block_fn(x, freqs_cis, adaln_input if self.shape.modulation else None, weights, self.shape, backend)
+                out = rt.block_fn(x, freqs_cis, adaln_input if self.shape.modulation else None, weights, self.shape,
+                                  backend, **exact)
             rt.stats.fast_calls += 1
             return out
         finally:

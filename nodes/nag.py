@@ -55,10 +55,10 @@ def nag_block_forward(block, state: NAGState, x, x_mask, freqs_cis, adaln_input,
     scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(adaln_input).chunk(4, dim=1)
     h = dit.modulated_input(block, x, scale_msa)
     h_neg = dit.modulated_input(block, state.negative, scale_msa)
-    q, k, v = dit.project_qkv(block.attention, h)
+    q, k, v = dit.project_qkv(block.attention, h)  # raw: q/k norm + RoPE run in attend, as the running ComfyUI does
     q_n, k_n, v_n = dit.project_qkv(block.attention, h_neg)
     z = dit.attend(block.attention, q, k, v, freqs_cis, x_mask, options)
-    # The negative path: queries and keys are [negative caption, the same image tokens].
+    # The negative path: queries and keys are [negative caption, the same image tokens] (norms are per token).
     z_neg = dit.attend(block.attention, torch.cat((q_n, q[:, cap_len:]), 1), torch.cat((k_n, k[:, cap_len:]), 1),
                     torch.cat((v_n, v[:, cap_len:]), 1), state.freqs, None, options)
     z_img = core.image_tokens(z, state.img_len)

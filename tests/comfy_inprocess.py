@@ -92,3 +92,52 @@ def sample(model, positive, seed: int = 0, steps: int = 1, size=64, sampler_name
         negative = [[torch.zeros_like(t), dict(e)] for t, e in positive]
     return comfy.sample.sample(model, noise, steps, cfg, sampler_name, "simple", positive, negative, latent,
                                disable_pbar=True, seed=seed)
+
+
+# ---- NextDiT blocks of the running ComfyUI, for exactness tests of the pack's mirrors (nodes/_internals/dit.py)
+
+ATTENTION_OVERRIDE = "optimized_attention_override"
+K_EPS = 0.25
+"""k_norm's epsilon in the test blocks (Z-Image's q_norm / k_norm have None): tells the two stock paths apart."""
+
+
+def capture_attention(calls: list):
+    """An attention override recording the q, k, v every stock attention call receives ([B, H, L, D])."""
+
+    def override(func, q, k, v, *args, **kwargs):
+        calls.append(tuple(getattr(t, "tensor", t).detach().clone() for t in (q, k, v)))
+        return func(q, k, v, *args, **kwargs)
+
+    return override
+
+
+def block_inputs(dm, block, dtype, caption=32, image=32, seed=0):
+    """(x, freqs, adaln_input) for one block call: random tokens, NextDiT's own RoPE of [caption, image]."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    length = caption + image
+    ids = torch.zeros(1, length, 3)
+    ids[0, :caption, 0] = torch.arange(1, caption + 1)
+    ids[0, caption:, 0] = caption + 1
+    ids[0, caption:, 1] = torch.arange(image) // 8
+    ids[0, caption:, 2] = torch.arange(image) % 8
+    freqs = dm.rope_embedder(ids).movedim(1, 2)
+    x = torch.randn(1, length, block.dim, generator=gen).to(dtype)
+    adaln = None
+    if block.modulation:
+        adaln = torch.randn(1, block.adaLN_modulation[-1].in_features, generator=gen).to(dtype)
+    return x, freqs, adaln
+
+
+def dit_block(dm, group="layers", dtype=None):
+    """A private copy of one of the running ComfyUI's blocks in dtype (bfloat16 unless given), k_norm epsilon
+    K_EPS (the shared tiny model is untouched)."""
+    import copy
+
+    import torch
+
+    dtype = dtype or torch.bfloat16
+    block = copy.deepcopy(getattr(dm, group)[0]).to(dtype)
+    block.attention.k_norm.eps = K_EPS
+    return block

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import comfy.ldm.common_dit
 import comfy.ldm.modules.attention
+import comfy.model_management as mm
+import comfy.ops
+import comfy.quant_ops  # comfy-kitchen as ``ck`` where it imports (0.18.1 and 0.30.2 both try)
 import torch
 from comfy.ldm.flux.math import apply_rope
 from comfy.ldm.lumina.model import apply_gate, clamp_fp16, modulate, optimized_attention_masked, pos_ids_x
@@ -61,25 +64,94 @@ def image_rope(dm, x: torch.Tensor, caption_len: int, options: dict) -> tuple:
 
 
 def project_qkv(attention, h):
-    """q, k, v of ``JointAttention.forward`` before RoPE: [B, L, heads, head_dim] (q/k RMS-normed)."""
+    """q, k, v of ``JointAttention.forward`` straight from ``qkv``: [B, L, heads, head_dim], before q/k norm and RoPE.
+
+    Mirrors the split and views at the top of ``comfy/ldm/lumina/model.py`` ``JointAttention.forward``
+    (0.18.1, 0.30.2, 0.36-0.38). Checked: 0.18.1, 0.30.2.
+    """
     bsz, seqlen, _ = h.shape
     q, k, v = torch.split(attention.qkv(h), [attention.n_local_heads * attention.head_dim,
                                              attention.n_local_kv_heads * attention.head_dim,
                                              attention.n_local_kv_heads * attention.head_dim], dim=-1)
-    q = attention.q_norm(q.view(bsz, seqlen, attention.n_local_heads, attention.head_dim))
-    k = attention.k_norm(k.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim))
-    return q, k, v.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim)
+    return (q.view(bsz, seqlen, attention.n_local_heads, attention.head_dim),
+            k.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim),
+            v.view(bsz, seqlen, attention.n_local_kv_heads, attention.head_dim))
+
+
+def fused_qk_norm_rope(attention) -> bool:
+    """Whether the running ``JointAttention.forward`` norms q/k and applies RoPE in comfy-kitchen's fused kernel.
+
+    0.30.2 (and 0.36-0.38) store ``self.qk_norm`` on the module and, when it is set and
+    ``comfy.model_management.in_training`` is not, call ``comfy.quant_ops.ck.rms_rope`` (``rms_rope1`` for
+    GQA); 0.18.1 has no such attribute and always runs ``q_norm`` / ``k_norm`` then ``apply_rope``.
+    Feature-detected: the module attribute and the kernel. Checked: 0.18.1, 0.30.2.
+    """
+    ck = getattr(comfy.quant_ops, "ck", None)
+    return (bool(getattr(attention, "qk_norm", False)) and not mm.in_training
+            and ck is not None and hasattr(ck, "rms_rope") and hasattr(ck, "rms_rope1"))
+
+
+def stock_qk_eps(attention):
+    """The epsilon the running ComfyUI's q/k RMSNorm uses: ``q_norm.eps``; when that is None, float32's
+    epsilon on the fused path (0.30.2+) or None (dtype epsilon, ``torch.nn.RMSNorm``) on the module path."""
+    eps = getattr(attention.q_norm, "eps", None)
+    if eps is None and fused_qk_norm_rope(attention):
+        return torch.finfo(torch.float32).eps
+    return eps
+
+
+def stock_qk_norm_rope(attention, xq, xk, freqs_cis):
+    """q/k RMS norm + RoPE exactly as the running ``JointAttention.forward`` does them ([B, L, heads, head_dim]).
+
+    Mirrors ``comfy/ldm/lumina/model.py`` ``JointAttention.forward``: on 0.30.2 (and 0.36-0.38) with
+    ``qk_norm`` and not in training, ``comfy.ops.cast_bias_weight`` of the norm weights and
+    ``comfy.quant_ops.ck.rms_rope`` (``rms_rope1`` each for GQA) with epsilon ``q_norm.eps`` or float32's;
+    otherwise (0.18.1, training) ``q_norm`` / ``k_norm`` and ``comfy/ldm/flux/math.py`` ``apply_rope``.
+    Checked: 0.18.1, 0.30.2 (0.36-0.38 read: the same branch).
+    """
+    if not fused_qk_norm_rope(attention):
+        return apply_rope(attention.q_norm(xq), attention.k_norm(xk), freqs_cis)
+    ck = comfy.quant_ops.ck
+    q_scale, _, q_stream = comfy.ops.cast_bias_weight(attention.q_norm, xq, offloadable=True)
+    k_scale, _, k_stream = comfy.ops.cast_bias_weight(attention.k_norm, xk, offloadable=True)
+    epsilon = stock_qk_eps(attention)
+    if attention.n_local_heads == attention.n_local_kv_heads:
+        xq, xk = ck.rms_rope(xq, xk, freqs_cis, q_scale, k_scale, epsilon)
+    else:
+        xq = ck.rms_rope1(xq, freqs_cis, q_scale, epsilon)
+        xk = ck.rms_rope1(xk, freqs_cis, k_scale, epsilon)
+    comfy.ops.uncast_bias_weight(attention.q_norm, q_scale, None, q_stream)
+    comfy.ops.uncast_bias_weight(attention.k_norm, k_scale, None, k_stream)
+    return xq, xk
+
+
+def stock_attention(attention, q, k, v, mask, options):
+    """``JointAttention.forward`` after q/k norm + RoPE, before ``out``: GQA repeat and the attention call.
+
+    0.18.1 / 0.30.2 repeat k/v when ``n_rep >= 1`` and call ``optimized_attention_masked(..., skip_reshape=True,
+    transformer_options=...)``; 0.36-0.38 (feature: ``attention.comfy_attention``) repeat when ``n_rep > 1``,
+    wrap q/k/v in ``AttentionTensorContainer`` and pass ``preferred_attention=attention.comfy_attention``.
+    Checked: 0.18.1, 0.30.2 (0.36-0.38 read).
+    """
+    preferred = getattr(attention, "comfy_attention", None)
+    n_rep = attention.n_local_heads // attention.n_local_kv_heads
+    if n_rep > 1 or (n_rep == 1 and preferred is None):
+        k = k.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
+        v = v.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
+    q, k, v = q.movedim(1, 2), k.movedim(1, 2), v.movedim(1, 2)
+    if preferred is None:
+        return optimized_attention_masked(q, k, v, attention.n_local_heads, mask, skip_reshape=True,
+                                          transformer_options=options)
+    container = comfy.ldm.modules.attention.AttentionTensorContainer
+    return optimized_attention_masked(container(q), container(k), container(v), attention.n_local_heads, mask,
+                                      skip_reshape=True, transformer_options=options, preferred_attention=preferred)
 
 
 def attend(attention, q, k, v, freqs, mask, options):
-    """``JointAttention.forward`` after the projections: RoPE, GQA repeat, attention (before ``out``)."""
-    q, k = apply_rope(q, k, freqs)
-    n_rep = attention.n_local_heads // attention.n_local_kv_heads
-    if n_rep >= 1:
-        k = k.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
-        v = v.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
-    return optimized_attention_masked(q.movedim(1, 2), k.movedim(1, 2), v.movedim(1, 2), attention.n_local_heads,
-                                      mask, skip_reshape=True, transformer_options=options)
+    """``JointAttention.forward`` from the raw q, k, v of :func:`project_qkv` to the input of ``out``:
+    the running version's q/k norm + RoPE (:func:`stock_qk_norm_rope`), then :func:`stock_attention`."""
+    q, k = stock_qk_norm_rope(attention, q, k, freqs)
+    return stock_attention(attention, q, k, v, mask, options)
 
 
 def modulated_input(block, x, scale_msa):

@@ -103,3 +103,34 @@ def test_fast_vae_output_follows_the_running_decode(comfy):
                 return super().decode(samples_in, vae_options)
 
     assert not vae_mod.mirror_applies(NewerVAE)
+
+
+@pytest.mark.parametrize("group", ["layers", "noise_refiner", "context_refiner"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_block_path_is_the_running_stock_block(comfy, group, dtype):
+    """core.joint_block uncompiled (the accelerator's exact path: no torch.compile, no FP8) on the real block of the
+    running ComfyUI, whose k_norm has its own epsilon so that 0.18.1's module path and 0.30.2's fused rms_rope give
+    other outputs: the accelerated block's output is the stock block's, bit for bit."""
+    core = ci.pack_module("core.accelerate")
+    blocks = ci.pack_module("nodes._accelerate_block")
+    dm = ci.tiny_dit(comfy).get_model_object("diffusion_model")
+    block = ci.dit_block(dm, group, dtype)
+    x, freqs, adaln = ci.block_inputs(dm, block, dtype)
+    torch.set_grad_enabled(False)  # inference, as ComfyUI samples (with grad the block falls back to stock)
+    try:
+        _check_exact_block(core, blocks, block, x, freqs, adaln, dtype)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _check_exact_block(core, blocks, block, x, freqs, adaln, dtype):
+    stock = block(x, None, freqs, adaln, transformer_options={})
+    runtime = blocks.Runtime(core.AccelerateOptions())
+    assert runtime.block_fn is core.joint_block and not runtime.compiled
+    fast = blocks.AcceleratedBlock(block, runtime)
+    assert torch.equal(fast(x, None, freqs, adaln, transformer_options={}), stock)
+    assert runtime.stats.fast_calls == 1 and runtime.stats.fallback_calls == 0
+    # core's own arithmetic (the compiled path's maths) with the running version's q/k epsilon: rounding only
+    weights = fast._weights(ci.pack_module("nodes._internals.ops").WeightFetcher(x), False)
+    ours = core.joint_block(x, freqs, adaln, weights, fast.shape)
+    assert (ours.float() - stock.float()).abs().max() <= (1e-4 if dtype == torch.float32 else 0.1)

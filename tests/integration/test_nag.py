@@ -209,3 +209,33 @@ def test_bad_negatives_get_clear_errors(comfy):
     with pytest.raises(ValueError, match="scale is 0.5"):
         nag.patch_nag(model, [[torch.zeros(1, 9, 128), {}]], 0.5, 2.5, 0.25, 0.0)
     assert model.object_patches == {}
+
+
+def _nag_state(nag, dm, block, x, batch_rows=(True,), scale=5.0, alpha=0.0):
+    """A NAGState for one block call: a random negative caption of 32 tokens placed as NextDiT would place it."""
+    neg = torch.randn(x.shape[0], 32, x.shape[-1], generator=torch.Generator().manual_seed(1)).to(x.dtype)
+    _, freqs, _ = ci.block_inputs(dm, block, x.dtype)  # [32 caption, 32 image]: the same positions
+    return nag.NAGState(neg, freqs, 32, 16, torch.tensor(batch_rows), scale, 2.5, alpha)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nag_block_runs_the_running_comfyuis_attention(comfy, dtype):
+    """Against the real block of the running ComfyUI (its q/k norm + RoPE path: module or fused rms_rope):
+    NAG's positive-branch q / k are the stock block's, and alpha 0 (full negative path, positive kept) gives the
+    stock block's output bit for bit. The block's k_norm has its own epsilon, so the two stock paths differ."""
+    nag = ci.pack_module("nodes.nag")
+    dm = ci.tiny_dit(comfy).get_model_object("diffusion_model")
+    block = ci.dit_block(dm, dtype=dtype)
+    x, freqs, adaln = ci.block_inputs(dm, block, dtype)
+    stock_calls, nag_calls = [], []
+    stock = block(x, None, freqs, adaln, transformer_options={ci.ATTENTION_OVERRIDE: ci.capture_attention(stock_calls)})
+    patched = nag.nag_copy(block)
+    options = {ci.ATTENTION_OVERRIDE: ci.capture_attention(nag_calls), nag.NAG_KEY: _nag_state(nag, dm, block, x)}
+    out = patched(x, None, freqs, adaln, transformer_options=options)
+    (q, k, v), = stock_calls
+    assert len(nag_calls) == 2  # the positive sequence, then [negative caption, image]
+    assert all(torch.equal(a, b) for a, b in zip(nag_calls[0], (q, k, v)))
+    assert torch.equal(nag_calls[1][1][:, :, 32:], k[:, :, 32:])  # image keys at the same positions: unchanged
+    assert torch.equal(out, stock)
+    options[nag.NAG_KEY] = _nag_state(nag, dm, block, x, alpha=0.5)
+    assert not torch.equal(patched(x, None, freqs, adaln, transformer_options=options), stock)
