@@ -241,13 +241,15 @@ class BlockShape(NamedTuple):
     qk_eps: float | None
     modulation: bool
     adaln_silu: bool
+    k_eps: float | None = None  # k's epsilon where it is not q's (ComfyUI 0.18.1's k_norm module)
+    own_k_eps: bool = False
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor, w: BlockWeights, s: BlockShape) -> tuple:
     """Per-head q/k RMSNorm (epsilon s.qk_eps) and real-valued RoPE: the maths of ComfyUI's two paths."""
     if w.q_norm is not None:
         q = rms_norm(q, w.q_norm, s.qk_eps)
-        k = rms_norm(k, w.k_norm, s.qk_eps)
+        k = rms_norm(k, w.k_norm, s.k_eps if s.own_k_eps else s.qk_eps)
     return rope(q, freqs), rope(k, freqs)
 
 

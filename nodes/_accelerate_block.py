@@ -81,11 +81,10 @@ class Runtime:
 
 def _block_shape(block) -> core.BlockShape:
     att = block.attention
-    q_norm = att.q_norm
     adaln_silu = bool(block.modulation) and isinstance(block.adaLN_modulation[0], torch.nn.SiLU)
-    qk_eps = dit.stock_qk_eps(att) if hasattr(q_norm, "eps") else None  # the running ComfyUI's q/k epsilon
+    q_eps, k_eps = dit.stock_qk_eps(att)  # the running ComfyUI's q/k epsilons
     return core.BlockShape(att.n_local_heads, att.n_local_kv_heads, att.head_dim, block.attention_norm1.eps,
-                           qk_eps, bool(block.modulation), adaln_silu)
+                           q_eps, bool(block.modulation), adaln_silu, k_eps, k_eps != q_eps)
 
 
 def stock_ops(block, options: dict) -> dict:

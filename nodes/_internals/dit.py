@@ -91,13 +91,14 @@ def fused_qk_norm_rope(attention) -> bool:
             and ck is not None and hasattr(ck, "rms_rope") and hasattr(ck, "rms_rope1"))
 
 
-def stock_qk_eps(attention):
-    """The epsilon the running ComfyUI's q/k RMSNorm uses: ``q_norm.eps``; when that is None, float32's
-    epsilon on the fused path (0.30.2+) or None (dtype epsilon, ``torch.nn.RMSNorm``) on the module path."""
-    eps = getattr(attention.q_norm, "eps", None)
-    if eps is None and fused_qk_norm_rope(attention):
-        return torch.finfo(torch.float32).eps
-    return eps
+def stock_qk_eps(attention) -> tuple:
+    """(q epsilon, k epsilon) of the running ComfyUI's q/k RMSNorm: on the fused path (0.30.2+) both are
+    ``q_norm.eps`` or float32's epsilon when that is None; on the module path (0.18.1) each norm's own ``eps``
+    (None: ``torch.nn.RMSNorm``'s default). Checked: 0.18.1, 0.30.2."""
+    if fused_qk_norm_rope(attention):
+        eps = attention.q_norm.eps if attention.q_norm.eps is not None else torch.finfo(torch.float32).eps
+        return eps, eps
+    return getattr(attention.q_norm, "eps", None), getattr(attention.k_norm, "eps", None)
 
 
 def stock_qk_norm_rope(attention, xq, xk, freqs_cis):
@@ -114,7 +115,7 @@ def stock_qk_norm_rope(attention, xq, xk, freqs_cis):
     ck = comfy.quant_ops.ck
     q_scale, _, q_stream = comfy.ops.cast_bias_weight(attention.q_norm, xq, offloadable=True)
     k_scale, _, k_stream = comfy.ops.cast_bias_weight(attention.k_norm, xk, offloadable=True)
-    epsilon = stock_qk_eps(attention)
+    epsilon = stock_qk_eps(attention)[0]
     if attention.n_local_heads == attention.n_local_kv_heads:
         xq, xk = ck.rms_rope(xq, xk, freqs_cis, q_scale, k_scale, epsilon)
     else:

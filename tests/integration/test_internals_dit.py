@@ -57,7 +57,8 @@ def test_the_two_stock_paths_differ_on_these_blocks(comfy, dit):
     assert not torch.equal(module_path, fused_path)
     fused = dit.fused_qk_norm_rope(att)
     assert fused == hasattr(att, "qk_norm")  # 0.30.2 stores qk_norm and fuses; 0.18.1 does neither
-    assert dit.stock_qk_eps(att) == (torch.finfo(torch.float32).eps if fused else att.q_norm.eps)
+    float32_eps = torch.finfo(torch.float32).eps
+    assert dit.stock_qk_eps(att) == ((float32_eps, float32_eps) if fused else (att.q_norm.eps, ci.K_EPS))
     calls = []
     block.attention(x, None, freqs, transformer_options={ci.ATTENTION_OVERRIDE: ci.capture_attention(calls)})
     (_, k_stock, _), = calls
