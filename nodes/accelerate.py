@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from ..core import accelerate as core
 from . import CATEGORY
 from ._accelerate_block import AcceleratedBlock, Runtime, attention_override
-from ._internals import graphs, memory
+from ._internals import graphs, memory, patching
 from ._internals.llama import TEXT_ENCODER_GRAPH, accelerate_clip
 from ._internals.ops import attention_override_of, set_attention_override
 from ._internals.server import routes as server_routes
@@ -62,6 +62,17 @@ def clone_for(model, options: core.AccelerateOptions, runtime: Runtime):
     return memory.resident_clone(model)
 
 
+def install_blocks(patched, diffusion_model, runtime: Runtime, block_at) -> None:
+    """Object patches: every block (block_at(name), unwrapped if already accelerated) behind an AcceleratedBlock."""
+    for group in BLOCK_GROUPS:
+        for i in range(len(getattr(diffusion_model, group))):
+            name = f"diffusion_model.{group}.{i}"
+            block = block_at(name)
+            if isinstance(block, AcceleratedBlock):
+                block = block.original
+            patched.add_object_patch(name, AcceleratedBlock(block, runtime))
+
+
 def accelerate_model(model, options: core.AccelerateOptions):
     """A clone of MODEL with the chosen accelerations installed; the given MODEL is untouched."""
     options.validate()
@@ -76,13 +87,9 @@ def accelerate_model(model, options: core.AccelerateOptions):
     runtime.notes.extend(notes)
     patched = clone_for(model, options, runtime)
     if options.compile_blocks or options.fp8_matmul:
-        for group in BLOCK_GROUPS:
-            for i in range(len(getattr(diffusion_model, group))):
-                name = f"diffusion_model.{group}.{i}"
-                block = patched.get_model_object(name)  # a resident copy has its own modules
-                if isinstance(block, AcceleratedBlock):
-                    block = block.original
-                patched.add_object_patch(name, AcceleratedBlock(block, runtime))
+        install_blocks(patched, diffusion_model, runtime, patched.get_model_object)  # a resident copy: own modules
+        patching.rebuild_on_multigpu_clone(patched, WRAPPER_KEY, lambda clone: install_blocks(
+            clone, diffusion_model, runtime, lambda name: patching.own_module(clone, name)))
     if options.attention != "off":
         set_attention_override(patched, attention_override(options.attention, runtime))
     if options.cuda_graphs:

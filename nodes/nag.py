@@ -125,6 +125,13 @@ def make_wrapper(negative: torch.Tensor, settings: dict):
     return nag_wrapper
 
 
+def install_blocks(model, layers: int, block_at) -> None:
+    """Object patches: every main layer (block_at(name)) replaced by its NAG copy."""
+    for i in range(layers):
+        name = f"diffusion_model.layers.{i}"
+        model.add_object_patch(name, nag_copy(block_at(name)))
+
+
 def patch_nag(model, negative_conditioning, scale: float, tau: float, alpha: float, end_sigma: float):
     """A clone of MODEL with Z-Image NAG against this negative; scale 1 returns an unpatched clone."""
     core.validate(scale, tau, alpha, end_sigma)
@@ -144,9 +151,9 @@ def patch_nag(model, negative_conditioning, scale: float, tau: float, alpha: flo
     patched = model.clone()
     if scale == 1.0:
         return patched
-    for i in range(len(dm.layers)):
-        name = f"diffusion_model.layers.{i}"
-        patched.add_object_patch(name, nag_copy(patched.get_model_object(name)))
+    install_blocks(patched, len(dm.layers), lambda name: patched.get_model_object(name))
+    patching.rebuild_on_multigpu_clone(patched, NAG_KEY, lambda clone: install_blocks(
+        clone, len(dm.layers), lambda name: patching.own_module(clone, name)))
     settings = {"scale": float(scale), "tau": float(tau), "alpha": float(alpha), "end_sigma": float(end_sigma)}
     patched.add_wrapper_with_key(patching.DIFFUSION_MODEL, NAG_KEY, make_wrapper(tokens.detach().clone(), settings))
     return patched

@@ -134,3 +134,19 @@ def _check_exact_block(core, blocks, block, x, freqs, adaln, dtype):
     weights = fast._weights(ci.pack_module("nodes._internals.ops").WeightFetcher(x), False)
     ours = core.joint_block(x, freqs, adaln, weights, fast.shape)
     assert (ours.float() - stock.float()).abs().max() <= (1e-4 if dtype == torch.float32 else 0.1)
+
+
+def test_multigpu_deep_clone_accelerates_its_own_blocks(acc, comfy):
+    """A multi-GPU deep clone (comfy/multigpu.py, 0.30.2) of an accelerated MODEL: its AcceleratedBlocks stand in
+    for the clone's own freshly loaded blocks, not the first GPU's."""
+    core = ci.pack_module("core.accelerate")
+    patched, _ = acc.accelerate_model(ci.tiny_dit(comfy), core.AccelerateOptions(compile_blocks=False, fp8_matmul=True))
+    if not hasattr(patched, "deepclone_multigpu"):
+        pytest.skip("this ComfyUI has no multi-GPU deep clone (0.18.1)")
+    clone = patched.deepclone_multigpu()
+    for name in ("layers.0", "noise_refiner.1", "context_refiner.0"):
+        block = clone.get_model_object(f"diffusion_model.{name}")
+        group, i = name.split(".")
+        own = getattr(clone.model.diffusion_model, group)[int(i)]
+        assert block.original is own
+        assert block.original is not getattr(patched.get_model_object("diffusion_model"), group)[int(i)]

@@ -239,3 +239,22 @@ def test_nag_block_runs_the_running_comfyuis_attention(comfy, dtype):
     assert torch.equal(out, stock)
     options[nag.NAG_KEY] = _nag_state(nag, dm, block, x, alpha=0.5)
     assert not torch.equal(patched(x, None, freqs, adaln, transformer_options=options), stock)
+
+
+def test_multigpu_deep_clone_gets_nag_blocks_on_its_own_modules(comfy):
+    """ComfyUI's multi-GPU deep clone (comfy/multigpu.py, 0.30.2) reloads the model and copies object patches; the
+    NAG copies must then wrap the clone's own layers, not the first GPU's (CPU here: the same mechanism)."""
+    nag = ci.pack_module("nodes.nag")
+    model, clip = ci.tiny_dit(comfy), ci.tiny_clip(comfy)
+    patched = nag.patch_nag(model, ci.encode(clip, NEGATIVE), 5.0, 2.5, 0.25, 0.0)
+    if not hasattr(patched, "deepclone_multigpu"):
+        pytest.skip("this ComfyUI has no multi-GPU deep clone (0.18.1)")
+    clone = patched.deepclone_multigpu()
+    first = patched.get_model_object("diffusion_model")
+    for i in (0, 29):
+        block = clone.get_model_object(f"diffusion_model.layers.{i}")
+        own = clone.model.diffusion_model.layers[i]
+        assert type(block).__name__.startswith("ZImageLabNAG") and block is not own
+        assert block.attention is own.attention and block.attention is not first.layers[i].attention
+    positive = ci.encode(clip, POSITIVE)
+    assert torch.equal(ci.sample(clone, positive, seed=2, steps=1), ci.sample(patched, positive, seed=2, steps=1))
