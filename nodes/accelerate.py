@@ -17,6 +17,7 @@ from ..core import accelerate as core
 from . import CATEGORY
 from ._accelerate_block import AcceleratedBlock, Runtime, attention_override
 from ._internals import graphs, memory, patching
+from ._internals.models import check_zimage_model
 from ._internals.llama import TEXT_ENCODER_GRAPH, accelerate_clip
 from ._internals.ops import attention_override_of, set_attention_override
 from ._internals.server import routes as server_routes
@@ -76,10 +77,7 @@ def install_blocks(patched, diffusion_model, runtime: Runtime, block_at) -> None
 def accelerate_model(model, options: core.AccelerateOptions):
     """A clone of MODEL with the chosen accelerations installed; the given MODEL is untouched."""
     options.validate()
-    diffusion_model = model.get_model_object("diffusion_model")
-    if not hasattr(diffusion_model, "layers") or not hasattr(diffusion_model, "context_refiner"):
-        raise ValueError(f"model is a {type(diffusion_model).__name__}: ZImageLabAccelerate works on Z-Image "
-                         "(Lumina 2 NextDiT) models only. Load z_image_turbo_bf16.safetensors with UNETLoader.")
+    diffusion_model = check_zimage_model(model)
     options, notes = safe_options(model, options)
     for note in notes:
         logging.warning("ZImageLabAccelerate: %s", note)

@@ -29,7 +29,7 @@ from ..core import nag as core
 from ..core.refined_steering import cond_rows
 from . import CATEGORY
 from ._internals import dit, patching
-from ._internals.models import cast_to_device, check_zimage_model
+from ._internals.models import cast_to_device, check_zimage_model, unsupported_call
 from .refined_steering import STATE_KEY as REFINED_STATE_KEY
 
 NAG_KEY = "zimage_lab_nag"
@@ -116,8 +116,10 @@ def make_wrapper(negative: torch.Tensor, settings: dict):
         sigmas = options.get("sigmas")
         if sigmas is not None and float(sigmas.max()) < settings["end_sigma"]:
             return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
-        if kwargs.get("ref_latents"):
-            raise ValueError("Z-Image NAG supports text-to-image only (this call has reference latents)")
+        extra = unsupported_call(kwargs)
+        if extra is not None or x.ndim != 4:
+            raise ValueError(f"Z-Image NAG supports text-to-image only (this call has {extra or 'a 5-D latent'}): "
+                             "remove the reference / edit inputs or the NAG node")
         state = negative_state(executor.class_obj, x, context, negative, options, settings)
         kwargs["transformer_options"] = {**options, NAG_KEY: state}
         return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)

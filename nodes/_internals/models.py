@@ -51,12 +51,49 @@ ZIMAGE_ATTRIBUTES = ("context_refiner", "cap_embedder", "layers", "cap_pad_token
 ``z_image_modulation``). Checked: 0.18.1, 0.30.2."""
 
 
+def other_nextdit(dm) -> str | None:
+    """Why a NextDiT with Z-Image's attributes is another model the pack's techniques cannot handle, or None.
+
+    Mirrors ``comfy/ldm/lumina/model.py`` ``NextDiT.__init__``: Ming-Image registers a ``__ming_image__`` buffer
+    and takes 5-D latents / ``ref_frames`` (0.36+); ``masked_pad_multiple`` shifts image positions (0.36+); Lumina 2
+    variants with ``clip_text_pooled_proj``; pixel-space or other latent widths (``in_channels`` not 16). Attributes
+    read with getattr, so absent ones (0.18.1, 0.30.2) mean Z-Image. Checked: 0.18.1, 0.30.2, 0.36-0.38 read.
+    """
+    if "__ming_image__" in getattr(dm, "_buffers", {}):
+        return "a Ming-Image model (5-D latents, reference frames)"
+    if getattr(dm, "masked_pad_multiple", None) is not None:
+        return "a NextDiT with masked caption padding (masked_pad_multiple)"
+    if getattr(dm, "clip_text_pooled_proj", None) is not None:
+        return "a Lumina 2 variant with pooled CLIP text input"
+    if getattr(dm, "in_channels", 16) != 16:
+        return f"a NextDiT on {dm.in_channels}-channel inputs (pixel-space or another VAE), not Z-Image's 16"
+    return None
+
+
+UNSUPPORTED_CALL_INPUTS = ("ref_latents", "direct_context", "ref_frames", "siglip_feats")
+"""``NextDiT.forward`` / ``patchify_and_embed`` keyword inputs the techniques do not handle (reference latents of
+Omni, ``direct_context`` and Ming-Image ``ref_frames`` in 0.36+). Checked: 0.18.1, 0.30.2, 0.36-0.38 read."""
+
+
+def unsupported_call(kwargs: dict) -> str | None:
+    """The first non-empty unsupported input of a diffusion-model call (see UNSUPPORTED_CALL_INPUTS), or None."""
+    for name in UNSUPPORTED_CALL_INPUTS:
+        value = kwargs.get(name)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 0):
+            return name
+    return None
+
+
 def check_zimage_model(model, caption_width: int | None = None):
-    """The NextDiT of a Z-Image MODEL; ValueError naming the input otherwise."""
+    """The NextDiT of a Z-Image MODEL; ValueError naming the input otherwise (checked before anything is patched)."""
     dm = model.get_model_object("diffusion_model") if model is not None else None
     if dm is None or not all(hasattr(dm, a) for a in ZIMAGE_ATTRIBUTES):
         raise ValueError("model is not a Z-Image (NextDiT) diffusion model: load z_image_turbo_bf16.safetensors with "
                          "UNETLoader")
+    other = other_nextdit(dm)
+    if other is not None:
+        raise ValueError(f"model is {other}: this node works on Z-Image (Turbo / Base) only; load "
+                         "z_image_turbo_bf16.safetensors with UNETLoader")
     if caption_width is not None and dm.cap_embedder[1].in_features != caption_width:
         raise ValueError(f"the text encoder gives width {caption_width} but the model's caption embedder expects "
                          f"{dm.cap_embedder[1].in_features}: use the text encoder that belongs to this model")

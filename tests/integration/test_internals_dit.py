@@ -65,3 +65,52 @@ def test_the_two_stock_paths_differ_on_these_blocks(comfy, dit):
     normed = fused_path if fused else module_path  # then RoPE, as both paths do
     expected = dit.apply_rope(normed, normed, freqs)[1]
     assert torch.equal(expected.movedim(1, 2), k_stock)
+
+
+def _variant(model, change):
+    """A clone of the real tiny MODEL whose diffusion_model is a shallow copy changed the way a newer NextDiT-based
+    model differs (the shared model and its modules are untouched)."""
+    import copy
+
+    dm = copy.copy(model.get_model_object("diffusion_model"))
+    dm._buffers = dict(dm._buffers)
+    change(dm)
+    clone = model.clone()
+    clone.add_object_patch("diffusion_model", dm)
+    return clone
+
+
+VARIANTS = {
+    "Ming-Image": lambda dm: dm.register_buffer("__ming_image__", torch.empty(0)),
+    "masked caption padding": lambda dm: setattr(dm, "masked_pad_multiple", 64),
+    "pooled CLIP text": lambda dm: setattr(dm, "clip_text_pooled_proj", torch.nn.Identity()),
+    "3-channel inputs": lambda dm: setattr(dm, "in_channels", 3),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_other_nextdit_models_are_refused_before_patching(comfy, variant):
+    """NAG and the accelerator refuse NextDiT variants (Ming-Image, masked padding, Lumina 2 pooled text, pixel-space)
+    with a sentence naming the model input, and patch nothing."""
+    nag = ci.pack_module("nodes.nag")
+    acc = ci.pack_module("nodes.accelerate")
+    core = ci.pack_module("core.accelerate")
+    model, clip = ci.tiny_dit(comfy), ci.tiny_clip(comfy)
+    other = _variant(model, VARIANTS[variant])
+    patches = dict(other.object_patches)
+    with pytest.raises(ValueError, match="^model is .*Z-Image \\(Turbo / Base\\) only"):
+        nag.patch_nag(other, ci.encode(clip, "blurry"), 5.0, 2.5, 0.25, 0.0)
+    with pytest.raises(ValueError, match="^model is .*Z-Image \\(Turbo / Base\\) only"):
+        acc.accelerate_model(other, core.AccelerateOptions(compile_blocks=True))
+    assert other.object_patches == patches
+    ci.pack_module("nodes._internals.models").check_zimage_model(model)  # the real Z-Image passes
+
+
+@pytest.mark.parametrize("name", ["direct_context", "ref_frames", "ref_latents"])
+def test_nag_refuses_calls_with_reference_inputs(comfy, name):
+    """Calls carrying reference / edit inputs (0.36+ direct_context, Ming-Image ref_frames, Omni ref_latents)."""
+    nag = ci.pack_module("nodes.nag")
+    wrapper = nag.make_wrapper(torch.zeros(1, 4, 128), {"scale": 5.0, "tau": 2.5, "alpha": 0.25, "end_sigma": 0.0})
+    with pytest.raises(ValueError, match=f"text-to-image only \\(this call has {name}\\)"):
+        wrapper(None, torch.zeros(1, 16, 8, 8), torch.zeros(1), torch.zeros(1, 4, 128), 4, None,
+                **{name: [torch.zeros(1, 16, 8, 8)]}, transformer_options={})
