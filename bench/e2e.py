@@ -235,8 +235,12 @@ def parallel(args, argv: list, todo: list, report: dict, write) -> None:
         late = args.deadline is not None and time.time() > args.deadline + args.stop_margin_s
         for proc, (gpu, part, log, job) in list(running.items()):
             if late and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the worker and its ComfyUI server
-                proc.wait()
+                proc.terminate()  # the worker stops its ComfyUI server (SIGTERM -> SystemExit -> finally)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
             if proc.poll() is not None:
                 log.close()
                 free.append(gpu)
@@ -308,6 +312,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     faulthandler.enable()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out (run_job's finally)
     if args.deadline is not None and "--deadline" not in argv:
         argv += ["--deadline", str(args.deadline)]
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": [], "prior": []}

@@ -45,15 +45,19 @@ class Server:
                                         start_new_session=True, env=env)
         client = ComfyClient(self.url, timeout=5)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                client.get_json("/system_stats")
-                return self
-            except ComfyError:
-                time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log()[-3000:]}")
+        try:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
+                try:
+                    client.get_json("/system_stats")
+                    return self
+                except ComfyError:
+                    time.sleep(0.5)
+            raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log()[-3000:]}")
+        except BaseException:  # never leave a server behind (also on SIGTERM while it starts)
+            self.stop()
+            raise
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
