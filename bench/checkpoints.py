@@ -97,5 +97,36 @@ def write_all(models_dir: str, device=None) -> dict:
     return paths
 
 
+SCALED_FP8_FILE = "z_image_turbo_fp8_scaled.safetensors"
+BLOCK_LINEARS = ("attention.qkv.weight", "attention.out.weight", "feed_forward.w1.weight", "feed_forward.w2.weight",
+                 "feed_forward.w3.weight")
+
+
+def write_scaled_fp8(models_dir: str, device=None) -> str:
+    """ComfyUI's scaled-fp8 checkpoint of the bf16 DiT (``scaled_fp8`` marker + per-tensor ``scale_weight``, what
+    comfy/utils.py ``convert_old_quants`` reads, 0.18.1 and 0.30.2): every block linear in float8_e4m3fn."""
+    from safetensors.torch import load_file, save_file
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = os.path.join(models_dir, "diffusion_models")
+    path = os.path.join(folder, SCALED_FP8_FILE)
+    if os.path.exists(path):
+        return path
+    out = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    for key, w in load_file(os.path.join(folder, FILES["dit"][1])).items():
+        if key.split(".")[0] in ("layers", "context_refiner", "noise_refiner") and key.endswith(BLOCK_LINEARS):
+            w = w.to(device, torch.float32)
+            scale = (w.abs().max() / 448.0).clamp(min=1e-12)
+            out[key] = (w / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).cpu()
+            out[key[:-len("weight")] + "scale_weight"] = scale.reshape(()).cpu()
+        else:
+            out[key] = w
+    save_file(out, path + ".part")
+    os.replace(path + ".part", path)
+    print(f"wrote {path}", flush=True)
+    return path
+
+
 if __name__ == "__main__":
     write_all(sys.argv[1])
+    write_scaled_fp8(sys.argv[1])

@@ -40,20 +40,24 @@ class Server:
 
     def start(self, timeout: float = 600.0) -> "Server":
         self._log = open(self.log_path, "a")
-        env = dict(os.environ)
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a native crash (segfault, abort) leaves its stack in the log
         self.process = subprocess.Popen(self.cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True, env=env)
         client = ComfyClient(self.url, timeout=5)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                client.get_json("/system_stats")
-                return self
-            except ComfyError:
-                time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log()[-3000:]}")
+        try:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log()[-3000:]}")
+                try:
+                    client.get_json("/system_stats")
+                    return self
+                except ComfyError:
+                    time.sleep(0.5)
+            raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log()[-3000:]}")
+        except BaseException:  # never leave a server behind (also on SIGTERM while it starts)
+            self.stop()
+            raise
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -193,6 +197,13 @@ def gpu_total_gb() -> float | None:
         return None
 
 
+def status(run: dict) -> str:
+    """Whether a configuration ran every step, or why not."""
+    if run.get("complete"):
+        return "yes"
+    return "stopped by the time budget" if run.get("stopped") else run.get("error", "no")[:80]
+
+
 def table(report: dict) -> str:
     """Markdown table: per configuration and graph, median s / image, x stock, the main nodes."""
     lines = ["| ComfyUI | config | graph | n | s / image | x stock | steady s | steady x | sampler | VAEDecode | save "
@@ -210,12 +221,12 @@ def table(report: dict) -> str:
                          f"| {f(row['x_stock'], 2)} | {f(row.get('steady_s'))} | {f(row.get('steady_x_stock'), 2)} | {f(sampler)} | {f(nodes.get('VAEDecode'))} | {f(save)} "
                          f"| {f(row['first_s'], 1)} |")
     lines.append("")
-    lines.append("| ComfyUI | config | stock = lab pixels | workflows ok | server crashes |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| ComfyUI | config | stock = lab pixels | workflows ok | server crashes | complete |")
+    lines.append("|---|---|---|---|---|---|")
     for run in report["runs"]:
         wf = run.get("workflows", {})
         ok = sum(1 for r in wf.values() if r["ok"])
         ident = run.get("identity", {}).get("identical")
         lines.append(f"| {run['system']['comfyui']} | {run['config']} | {'-' if ident is None else ident} | "
-                     f"{ok}/{len(wf)} | {run['crashes']} |")
+                     f"{ok}/{len(wf)} | {run['crashes']} | {status(run)} |")
     return "\n".join(lines)

@@ -62,8 +62,9 @@ def patched_weight(model, key: str, device):
 
 
 def frozen_copy(module, prefix: str, model, device):
-    """A float32 copy of a DiT submodule with the patcher's weights, sharing nothing with the model
-    (DynamicVRAM allocations and patch hooks stay with the model; nothing is pickled)."""
+    """A float32 copy of a DiT submodule with the patcher's weights, built as new objects that own nothing of the
+    model (DynamicVRAM allocations, pins and patch hooks stay with it; nothing is copied or pickled): see
+    ``_internals/memory.py`` for why not ComfyUI's non-dynamic delegate."""
     weights = {name: patched_weight(model, prefix + name, device) for name, _ in module.named_parameters()}
     return detached_copy(module, weights)
 

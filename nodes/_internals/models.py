@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import torch
+
+from .memory import training_flag
 
 
 def load_models(models: list, full: bool = False) -> None:
@@ -110,13 +110,7 @@ def module_attribute(module: torch.nn.Module, dotted: str):
     return comfy.utils.get_attr(module, dotted)
 
 
-@contextlib.contextmanager
 def training_mode():
-    """Sets ``comfy.model_management.in_training`` for the block, restoring it after: NextDiT then takes its
-    autograd-safe RoPE path (``comfy/ldm/flux/math.py`` ``apply_rope``). Checked: 0.18.1, 0.30.2."""
-    was_training = mm.in_training
-    mm.in_training = True
-    try:
-        yield
-    finally:
-        mm.in_training = was_training
+    """Sets ``comfy.model_management.in_training`` for the block, restoring it after (feature-detected, see
+    ``memory.training_flag``): NextDiT then takes its autograd-safe paths. Checked: 0.18.1, 0.30.2."""
+    return training_flag(mm)

@@ -166,3 +166,59 @@ def test_detached_copy_leaves_dynamic_vram_state_with_the_model():
         assert p is not dict(block.named_parameters())[name] and torch.equal(p, weights[name]) and not p.requires_grad
     x = torch.randn(1, 5, 8, dtype=torch.float64)
     assert torch.equal(copied(x, None, None), block.double()(x, None, None))
+
+
+def _reachable(root, skip):
+    """Every object reachable from root (gc referents), not entering the objects in skip."""
+    import gc
+    import types
+
+    opaque = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    seen, todo = {id(root): root}, [root]
+    while todo:
+        for ref in gc.get_referents(todo.pop()):
+            if id(ref) not in seen and id(ref) not in skip and not isinstance(ref, opaque):
+                seen[id(ref)] = ref
+                todo.append(ref)
+    return seen
+
+
+def test_detached_copy_owns_no_comfy_aimdo_object():
+    """ComfyUI 0.30.2's DynamicVRAM state: _v = (ModelVBAR, address, size) and _pin_state = the model's dict of
+    HostBuffers (also held by a LowVramPatch). Real comfy-aimdo classes (pointer None, so their __del__ frees
+    nothing); the copy must reach none of them, nor any tensor or object of the original."""
+    vbar_mod = pytest.importorskip("comfy_aimdo.model_vbar")
+    host_mod = pytest.importorskip("comfy_aimdo.host_buffer")
+    from nodes._internals.memory import detached_copy
+
+    block = ToyBlock(8, torch.Generator().manual_seed(1))
+    vbar = object.__new__(vbar_mod.ModelVBAR)
+    vbar._ptr = None
+    host = object.__new__(host_mod.HostBuffer)
+    host._ptr = None
+    pin_state = {"weights": (host, [], [-1], [0], [0], {}), "active": False}
+
+    class LowVramPatch:
+        def __init__(self):
+            self._pin_state = pin_state
+
+    for i, m in enumerate(block.modules()):
+        m._v = (vbar, 512 * i, 64)
+        m._pin_state = pin_state
+        m.seed_key = f"m{i}"
+        m.weight_lowvram_function = LowVramPatch()
+    block.register_forward_hook(lambda mod, args, out: out * 0)
+    weights = {n: p.detach().clone() for n, p in block.named_parameters()}
+    copied = detached_copy(block, weights)
+    originals = {id(o) for o in _reachable(block, set()).values() if not isinstance(o, (str, int, float, bool))}
+    reach = _reachable(copied, set())
+    aimdo = [o for o in reach.values() if type(o).__module__.startswith("comfy_aimdo")]
+    assert not aimdo
+    shared = [type(o).__name__ for i, o in reach.items() if i in originals and not callable(o) and o is not None
+              and not isinstance(o, (tuple, torch.dtype, torch.device))]
+    assert not shared
+    assert [m.seed_key for m in copied.modules()] == [m.seed_key for m in block.modules()]  # plain settings carried
+    assert all(m._v[0] is vbar and m._pin_state is pin_state for m in block.modules())  # the model keeps its state
+    x = torch.randn(1, 5, 8)
+    with torch.no_grad():
+        assert torch.equal(copied(x, None, None), ToyBlock(8, torch.Generator().manual_seed(1))(x, None, None))
