@@ -181,7 +181,23 @@ def _nodes():
             save_file(state, path)
             return io.NodeOutput(ui={"text": [quant.model_kind(model)]})
 
-    return [TinyQuantUNETLoader, TinyGGUFLoader, SaveFloatWeights]
+    class FakeNunchaku(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id="ZImageLabTestFakeNunchaku", display_name="Fake nunchaku Z-Image patcher (tests)",
+                category="Z-Image Lab/testing",
+                description="A clone whose ModelPatcher class looks like ComfyUI-nunchaku's ZImageModelPatcher "
+                            "(nunchaku cannot be installed without its CUDA wheels).",
+                inputs=[io.Model.Input("model")], outputs=[io.Model.Output()])
+
+        @classmethod
+        def execute(cls, model) -> io.NodeOutput:
+            clone = model.clone()
+            clone.__class__ = type("ZImageModelPatcher", (type(model),), {"__module__": "ComfyUI-nunchaku.model_patcher"})
+            return io.NodeOutput(clone)
+
+    return [TinyQuantUNETLoader, TinyGGUFLoader, SaveFloatWeights, FakeNunchaku]
 
 
 def _pack_quant():
