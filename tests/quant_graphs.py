@@ -83,7 +83,7 @@ def refined_steering(graph, nid, model_ref, **over):
         "prompts_b": "a photo of a boat\na photo of a house", "layer": -2, "normalize": False, "space": "refined",
         "template": "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", "model": model_ref}}
     graph[nid] = {"class_type": "ZImageLabRefinedSteering", "inputs": {
-        "model": model_ref, "vector": [nid + "_vec", 0], "alpha": 4.0, "scope": "caption tokens", **over}}
+        "model": model_ref, "vector": [nid + "_vec", 0], "alpha": 16.0, "scope": "caption tokens", **over}}
     return sample(graph, nid + "_s", [nid, 0])
 
 
@@ -122,7 +122,7 @@ accelerate = patched("ZImageLabAccelerate", attention="math", compile_blocks=Fal
 caption_noise = patched("ZImageLabCaptionNoise", strength=2.0, fraction=0.5, steps=1, space="refined", seed=3,
                         protect_start=3, protect_end=5)
 initial_noise = patched("ZImageLabInitialNoiseStructure", strength=2.0, scale=2, seed=3)
-early_step = patched("ZImageLabEarlyStepVariation", strength=3.0, mode="guidance", steps=1, seed=3)
+early_step = patched("ZImageLabEarlyStepVariation", strength=1.5, mode="shift", steps=2, seed=3)
 
 # name: (case, whether the node changes the stock result here)
 CASES = {

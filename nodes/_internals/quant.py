@@ -142,6 +142,20 @@ def logical_shapes(model) -> dict:
     return shapes
 
 
+def gguf_layer_weights(module: torch.nn.Module, x: torch.Tensor):
+    """(weight, bias) of a ComfyUI-GGUF layer for one call on x, dequantized with its LoRA patches
+    (``GGMLLayer.cast_bias_weight``), or None for any other layer. ``comfy.ops.cast_bias_weight`` would
+    cast the raw blocks."""
+    if not is_gguf(getattr(module, "weight", None)) or not hasattr(module, "cast_bias_weight"):
+        return None
+    return module.cast_bias_weight(x)
+
+
+def dequantized(weight, dtype):
+    """A weight from ``comfy.ops.cast_bias_weight`` as a plain tensor: a QuantizedTensor is dequantized."""
+    return weight.dequantize().to(dtype) if is_comfy_quantized(weight) else weight
+
+
 def float_state_dict(diffusion_model: torch.nn.Module, dtype=torch.float32) -> dict:
     """Every parameter of a (loaded) diffusion model as a float tensor, dequantized, patches included."""
     out = {}

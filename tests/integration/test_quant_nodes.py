@@ -46,9 +46,9 @@ def test_node_matches_the_dequantized_model_or_refuses(lab, kinds, kind, name):
         assert qg.rel_err(q, plain) > 10 * qg.OUTPUT_TOL
 
 
-# extreme settings that must run (finite latents) and bad ones that must be refused naming the input
-EXTREME = {"nag": {"scale": 1000.0, "tau": 1000.0, "alpha": 1.0}, "rope_extend": {"factor": 1000.0},
-           "refined_steering": {"alpha": 1000.0}, "layer_ablation": {"scale": -100.0}}
+# the schema's extreme settings must run to a finite result; bad values must be refused naming the input
+EXTREME = {"nag": {"scale": 50.0, "tau": 20.0, "alpha": 1.0}, "rope_extend": {"factor": 64.0},
+           "refined_steering": {"alpha": -100.0}, "layer_ablation": {"scale": -10.0}}
 BAD = {"layer_ablation": ({"layers": "0-99"}, "layers"), "skip_layer_guidance": ({"layers": "x"}, "layers"),
        "refiner_ablation": ({"context_blocks": "7"}, "context_blocks")}
 
@@ -56,14 +56,8 @@ BAD = {"layer_ablation": ({"layers": "0-99"}, "layers"), "skip_layer_guidance": 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(EXTREME))
 def test_extreme_values_run_on_quantized_models(lab, kinds, kind, name):
-    from zlab.api import ComfyError
-
-    try:
-        q, r = qg.run_pair(lab, kinds, kind, qg.CASES[name][0], **EXTREME[name])
-    except ComfyError as e:  # a clear refusal naming an input is fine; a raw error is not
-        assert any(k in str(e) for k in EXTREME[name]) and "Error:" not in str(e).split(":", 2)[-1][:40], str(e)
-        return
-    assert q.shape == r.shape
+    q, r = qg.run_pair(lab, kinds, kind, qg.CASES[name][0], **EXTREME[name])
+    assert q.shape == r.shape and bool(q.isfinite().all()) and bool(r.isfinite().all())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -106,3 +100,22 @@ def test_every_patching_node_refuses_a_nunchaku_model_by_name(lab, name):
     with pytest.raises(ComfyError) as err:
         lab.run(graph)
     assert "nunchaku SVDQuant" in str(err.value) and "instead" in str(err.value), str(err.value)
+
+
+# mixed precision keeps its refiners in float32: those blocks do get the fp8 matmul (by design), so there is
+# no unpatched reference for that kind (measured 6.8e-2 on the tiny random model; see docs/performance.md)
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "mixed_precision"])
+def test_accelerator_blocks_read_quantized_weights(lab, kinds, kind):
+    """With fp8_matmul the accelerator replaces every block and fetches the weights itself: on quantized weights
+    (fp8, QuantizedTensor, GGUF) it uses them as the layer dequantizes them (no second fp8 rounding), so the
+    result is the dequantized model's unpatched one, within OUTPUT_TOL."""
+    quant, ref = qg.loaders(kinds, kind)
+    graph = {"q": quant, "r": ref}
+    accel = qg.patched("ZImageLabAccelerate", attention="math", compile_blocks=False, cuda_graphs=False,
+                       fp8_matmul=True, sync_free_sampling=False, cache_text_encodes=False, graph_text_encoder="off",
+                       vae_channels_last=False, vae_compile=False)
+    q = qg.save(graph, f"accel_blocks_q_{kind}", accel(graph, "accel_blocks_q", ["q", 0]))
+    r = qg.save(graph, f"accel_blocks_r_{kind}", qg.sample(graph, "stock_r_s", ["r", 0]))
+    result = lab.run(graph)
+    got, want = lab.latents(result, q)[0], lab.latents(result, r)[0]
+    assert qg.rel_err(got, want) <= qg.OUTPUT_TOL, qg.rel_err(got, want)
