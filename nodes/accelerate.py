@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from ..core import accelerate as core
 from . import CATEGORY
 from ._accelerate_block import AcceleratedBlock, Runtime, attention_override
-from ._internals import graphs, memory, patching
+from ._internals import graphs, memory, patching, quant
 from ._internals.models import check_zimage_model
 from ._internals.llama import TEXT_ENCODER_GRAPH, accelerate_clip
 from ._internals.ops import attention_override_of, set_attention_override
@@ -197,6 +197,7 @@ class ZImageAccelerate(io.ComfyNode):
     def execute(cls, model, attention, compile_blocks, cuda_graphs, fp8_matmul, sync_free_sampling,
                 cache_text_encodes, graph_text_encoder, vae_channels_last, vae_compile, vae_fast_output=False,
                 clip=None, vae=None) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Accelerate")
         options = core.AccelerateOptions(attention=attention, compile_blocks=compile_blocks, cuda_graphs=cuda_graphs,
                                          fp8_matmul=fp8_matmul, sync_free_sampling=sync_free_sampling)
         options.validate()

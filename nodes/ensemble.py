@@ -8,6 +8,7 @@ from comfy_api.latest import io, ui
 from ..core import ensemble as core
 from ..core import sampler as core_sampler
 from . import CATEGORY
+from ._internals import quant
 from ._internals.sampling import SAMPLERS, SCHEDULERS, patch_shift, sample_seeds, schedule_of, zero_out
 from .sampler import check_inputs
 
@@ -120,6 +121,7 @@ class EnsembleSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent_image, seeds, mode, steps, shift, sampler_name, scheduler, cfg, denoise,
                 start_step=0, end_step=core.ALL_STEPS, negative=None) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Ensemble Sampler")
         seed_list = core.parse_seeds(seeds)
         core.validate_mode(mode)
         check_inputs(latent_image, steps, shift, cfg, denoise, negative)

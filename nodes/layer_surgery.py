@@ -18,6 +18,7 @@ from comfy_api.latest import io
 
 from ..core import layer_surgery as core
 from . import CATEGORY
+from ._internals import quant
 from ._internals import patching
 from ._internals.sampling import calc_cond_batch, percent_to_sigma
 
@@ -106,6 +107,7 @@ class SkipLayerGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, layers, scale, start_percent, end_percent) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Skip-Layer Guidance")
         skip = core.parse_layer_set(layers, block_count(model, "layers"), "layers")
         core.validate_window(start_percent, end_percent)
         if scale < 0 or scale != scale:
@@ -170,6 +172,7 @@ class RefinerAblation(io.ComfyNode):
     @classmethod
     def execute(cls, model, context_blocks, context_scales, noise_blocks, noise_scales, start_percent,
                 end_percent) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Refiner Ablation")
         core.validate_window(start_percent, end_percent)
         edits = []
         for group, blocks, scales, prefix in (("context_refiner", context_blocks, context_scales, "context"),
@@ -220,6 +223,7 @@ class LayerAblation(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, layers, scale, start_percent, end_percent) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Layer Ablation")
         chosen = core.parse_layer_set(layers, block_count(model, "layers"), "layers")
         core.validate_window(start_percent, end_percent)
         if scale != scale or abs(scale) == float("inf"):

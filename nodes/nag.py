@@ -28,6 +28,7 @@ from comfy_api.latest import io
 from ..core import nag as core
 from ..core.refined_steering import cond_rows
 from . import CATEGORY
+from ._internals import quant
 from ._internals import dit, patching
 from ._internals.models import cast_to_device, check_zimage_model, unsupported_call
 from .refined_steering import STATE_KEY as REFINED_STATE_KEY
@@ -192,6 +193,7 @@ class ZImageNAG(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, negative, scale, tau, alpha, end_sigma) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image NAG (Normalized Attention Guidance)")
         patched = patch_nag(model, negative, scale, tau, alpha, end_sigma)
         state = "off (scale 1)" if scale == 1.0 else f"scale {scale:g}, tau {tau:g}, alpha {alpha:g}, end sigma {end_sigma:g}"
         return io.NodeOutput(patched, ui={"text": [f"Z-Image NAG {state}, negative of {negative[0][0].shape[1]} tokens"]})

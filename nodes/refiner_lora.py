@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..core import lora_formats
 from ..core import refiner_lora as core
 from . import CATEGORY
+from ._internals import quant
 from ._internals import lora as comfy_lora
 
 NO_FILE = "[none]"
@@ -80,8 +81,7 @@ def apply_lora(model, lora: dict, source: str, strength: float, target: str, blo
         raise ValueError(f"{source} has no key ComfyUI maps to this Z-Image model ({len(lora)} keys, e.g. {sample}): "
                          "it is not a Z-Image LoRA, or not in a key format ComfyUI reads (diffusers to_q/to_k/to_v/"
                          "to_out.0, PEFT lora_A/lora_B, kohya lora_up/lora_down)")
-    shapes = {k: tuple(getattr(v, "tensor_shape", None) or v.shape)  # GGUF: the logical shape, not the blocks'
-              for k, v in model.model_state_dict().items()}
+    shapes = quant.logical_shapes(model)  # GGUF: the logical shape, not the blocks'
     core.check_entries_match(entries, {core.block_of(k) for k in shapes if k.startswith("diffusion_model.")})
     selected, outside, muted, problems = [], {}, {}, []
     for key, patch in patches.items():
@@ -163,6 +163,7 @@ class ZImageRefinerLoRALoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength, target, block_strengths="", block_preset="none", lora=None) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Refiner LoRA Loader")
         if lora is not None:
             source, state = "the connected LoRA", lora
         elif lora_name == NO_FILE:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from ..core import refiner_lora_train as core
 from ._internals import models as comfy_models
+from ._internals import quant
 from ._internals.dit import sdpa_attention
 from ._internals.memory import detached_copy
 from ._internals.server import progress_bar
@@ -51,14 +52,8 @@ def encode(clip, text: str):
 
 
 def patched_weight(model, key: str, device):
-    """A weight as the patcher makes it (its LoRAs etc. applied), whether or not it is loaded now."""
-    if key in model.patches and key not in model.backup:
-        weight = model.patch_weight_to_device(key, device_to=device, return_weight=True)
-    else:
-        weight = comfy_models.module_attribute(model.model, key)
-    if hasattr(weight, "dequantize"):
-        weight = weight.dequantize()
-    return weight.detach().to(device=device, dtype=torch.float32).clone()
+    """A weight as the patcher makes it (its LoRAs etc. applied), dequantized (fp8, scaled fp8, GGUF), float32."""
+    return quant.patched_float_weight(model, key, device)
 
 
 def frozen_copy(module, prefix: str, model, device):
@@ -208,6 +203,7 @@ class ZImageRefinerLoRATrain(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompts, style, preserve_prompts, rank, alpha, learning_rate, steps, seed,
                 preservation_weight, modules, lora_name) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Refiner LoRA Train (text only)")
         bar = progress_bar(steps)
         every = max(1, steps // 10)
         seen = []

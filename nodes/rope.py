@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..core import rope as core
+from ._internals import quant
 from . import CATEGORY
 
 SCALE_MODES = ("fit to prompt", "factor")
@@ -92,6 +93,7 @@ class ZImageRoPEExtend(io.ComfyNode):
     @classmethod
     def execute(cls, model, method, scale_mode, factor, trained_length, beta_fast=32.0, beta_slow=1.0,
                 yarn_attention="all dims") -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image RoPE Extend (long prompts)")
         patched, module = extend_rope(model, method, scale_mode, factor, trained_length, beta_fast, beta_slow,
                                       yarn_attention)
         info = module.describe()

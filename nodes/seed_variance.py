@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..core import refined_steering as core_refined
 from ..core import seed_variance as core
 from . import CATEGORY
+from ._internals import quant
 from ._internals import noise as internals
 
 SUBCATEGORY = f"{CATEGORY}/seed variance"
@@ -195,6 +196,7 @@ class CaptionNoise(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, strength, fraction, steps, space, seed, protect_start=3, protect_end=5) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Caption Noise")
         patched = patch_caption_noise(model, strength, fraction, steps, space, seed, protect_start, protect_end)
         text = core.describe("caption noise", strength=strength, fraction=fraction, steps=steps, space=space, seed=seed)
         return io.NodeOutput(patched, ui={"text": [text]})
@@ -225,6 +227,7 @@ class InitialNoiseStructure(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, strength, scale, seed) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Initial Noise Structure")
         patched = patch_initial_noise(model, strength, scale, seed)
         return io.NodeOutput(patched, ui={"text": [core.describe("initial noise structure", strength=strength,
                                                                   scale=scale, seed=seed)]})
@@ -284,6 +287,7 @@ class EarlyStepVariation(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, mode, strength, steps, seed) -> io.NodeOutput:
+        quant.check_patchable(model, "Z-Image Early-Step Variation")
         patched = patch_early_steps(model, mode, strength, steps, seed)
         text = core.describe("early-step variation", mode=mode, strength=strength, steps=steps, seed=seed)
         return io.NodeOutput(patched, ui={"text": [text]})

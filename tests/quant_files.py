@@ -89,8 +89,50 @@ def random_q4_k(shape, seed: int):
     return np.concatenate([d, dmin, scales, qs], axis=1).reshape(*shape[:-1], shape[-1] // 256 * 144)
 
 
-def write_gguf(src, dst, ref, qtype_name):
-    """A GGUF file (arch lumina2) with the block linears in qtype, other tensors F32; and its reference."""
+def _gguf_dequant(blocks, qtype, d=None, dmin=None, nibbles=None):
+    """gguf.quants.dequantize (float32) of Q4_K super-blocks, with d / dmin / all nibbles optionally replaced."""
+    import gguf
+    import numpy as np
+
+    b = np.array(blocks, dtype=np.uint8).reshape(-1, 144).copy()
+    if d is not None:
+        b[:, 0:2] = np.full((len(b), 1), d, dtype=np.float16).view(np.uint8)
+    if dmin is not None:
+        b[:, 2:4] = np.full((len(b), 1), dmin, dtype=np.float16).view(np.uint8)
+    if nibbles is not None:
+        b[:, 16:] = nibbles
+    return np.asarray(gguf.quants.dequantize(b, qtype), dtype=np.float64).reshape(-1)
+
+
+def comfy_gguf_default_reference(packed, qtype_name: str):
+    """What ComfyUI-GGUF's default dequantization (dequant_dtype None) gives, from the gguf package's decoder.
+
+    That default computes in float16: the block scale ``d`` is float16 and ``.to(None)`` keeps it, so every
+    product is rounded to float16 (dequant.py ``dequantize_blocks_Q8_0`` / ``_Q4_K``). Q8_0: ``f16(d * q)``,
+    i.e. the exact float32 value rounded to float16. Q4_K: ``f16(f16(d*sc) * q - f16(dmin*m))``; the parts
+    are read with gguf.quants.dequantize on altered blocks (dmin = 0 and all nibbles 1 gives d*sc; d = 0 gives
+    -dmin*m; d = 1, dmin = 0 gives sc*q), so nothing of ComfyUI-GGUF's code is used here."""
+    import gguf
+    import numpy as np
+
+    qtype = getattr(gguf.GGMLQuantizationType, qtype_name)
+    exact = np.asarray(gguf.quants.dequantize(packed, qtype), dtype=np.float64)
+    if qtype_name == "Q8_0":
+        return exact.astype(np.float16).astype(np.float32)
+    if qtype_name != "Q4_K":
+        raise ValueError(f"no float16 reference for {qtype_name}")
+    d_sc = _gguf_dequant(packed, qtype, dmin=0.0, nibbles=0x11).astype(np.float16).astype(np.float64)
+    sc = _gguf_dequant(packed, qtype, d=1.0, dmin=0.0, nibbles=0x11)
+    sc_q = _gguf_dequant(packed, qtype, d=1.0, dmin=0.0)
+    q = np.divide(sc_q, sc, out=np.zeros_like(sc_q), where=sc != 0)
+    dm = (-_gguf_dequant(packed, qtype, d=0.0)).astype(np.float16).astype(np.float64)
+    c = (d_sc * q).astype(np.float16).astype(np.float64)
+    return (c - dm).astype(np.float16).astype(np.float32).reshape(exact.shape)
+
+
+def write_gguf(src, dst, ref, qtype_name, exact_ref=None):
+    """A GGUF file (arch lumina2) with the block linears in qtype, other tensors F32; the reference of
+    ComfyUI-GGUF's default (float16) dequantization in ref, gguf.quants.dequantize's float32 one in exact_ref."""
     import gguf
     import numpy as np
 
@@ -100,22 +142,25 @@ def write_gguf(src, dst, ref, qtype_name):
     writer = gguf.GGUFWriter(path=None, arch="lumina2")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(GGUF_CONFIG_FIELD, meta["zimage_lab_unet_config"])
-    reference = {}
+    reference, exact = {}, {}
     for key, w in sd.items():
         data = w.float().numpy()
         if _in_blocks(key, ("layers", "context_refiner", "noise_refiner")) and data.shape[-1] % block == 0:
             packed = (random_q4_k(data.shape, len(reference)) if qtype_name == "Q4_K"
                       else gguf.quants.quantize(data, qtype))
             writer.add_tensor(key, packed, raw_dtype=qtype)
-            reference[key] = torch.from_numpy(np.array(gguf.quants.dequantize(packed, qtype), dtype=np.float32)).reshape(w.shape)
+            exact[key] = torch.from_numpy(np.array(gguf.quants.dequantize(packed, qtype), dtype=np.float32)).reshape(w.shape)
+            reference[key] = torch.from_numpy(comfy_gguf_default_reference(packed, qtype_name)).reshape(w.shape)
         else:
             writer.add_tensor(key, data)
-            reference[key] = w.float()
+            reference[key] = exact[key] = w.float()
     writer.write_header_to_file(path=str(dst))
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     save_file(reference, str(ref), metadata=meta)
+    if exact_ref is not None:
+        save_file(exact, str(exact_ref), metadata=meta)
 
 
 def write_all(models_dir, tiny_name: str, gguf_ok: bool) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import comfy.ops
 import torch
 
+from . import quant
+
 
 def _plain(module: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether a module's own parameters can be used as they are: no casting, no on-the-fly patches
@@ -17,7 +19,8 @@ def _plain(module: torch.nn.Module, x: torch.Tensor) -> bool:
     weight = getattr(module, "weight", None)
     return (weight is not None and not getattr(module, "comfy_cast_weights", False)
             and not getattr(module, "weight_function", None) and not getattr(module, "bias_function", None)
-            and weight.device == x.device and weight.dtype == x.dtype)
+            and weight.device == x.device and weight.dtype == x.dtype
+            and not quant.is_comfy_quantized(weight) and not quant.is_gguf(weight))  # these report a float dtype
 
 
 class WeightFetcher:
@@ -35,9 +38,12 @@ class WeightFetcher:
         if _plain(module, self.x):
             return module.weight, module.bias
         self.all_plain = False
+        gguf = quant.gguf_layer_weights(module, self.x)  # ComfyUI-GGUF's layers dequantize themselves
+        if gguf is not None:
+            return gguf
         weight, bias, handle = comfy.ops.cast_bias_weight(module, self.x, offloadable=True)
         self.held.append((module, weight, bias, handle))
-        return weight, bias
+        return quant.dequantized(weight, self.x.dtype), bias
 
     def release(self):
         for module, weight, bias, handle in self.held:

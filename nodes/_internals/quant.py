@@ -10,7 +10,12 @@ The kinds users load, and where ComfyUI (or a pack) keeps them:
   ``comfy.utils.convert_old_quants``, or ``.comfy_quant`` + ``.weight_scale`` keys): weights are
   ``comfy.quant_ops.QuantizedTensor`` (comfy_kitchen) under ``mixed_precision_ops``;
 - GGUF through city96/ComfyUI-GGUF: weights are its ``GGMLTensor`` (raw blocks plus ``tensor_type``,
-  ``tensor_shape`` and the LoRA ``patches`` it applies on dequantization in ``GGMLLayer.get_weight``).
+  ``tensor_shape`` and the LoRA ``patches`` it applies on dequantization in ``GGMLLayer.get_weight``);
+  its default ``dequant_dtype`` computes the dequantization in float16 (``dequant.py``), so the weights
+  a GGUF model uses are the float16 rounding of the file's values, not gguf.quants.dequantize's float32;
+- nunchaku SVDQuant (nunchaku-tech/ComfyUI-nunchaku): its own transformer and layers (``nunchaku.*``
+  modules, ``SVDQW4A4Linear``, ``ZImageModelPatcher``), not ComfyUI's NextDiT: detected by class and
+  module names (:func:`is_nunchaku`) and refused by every MODEL-patching node (:func:`check_patchable`).
 
 Code that reads weights itself (not through the layer's forward) must go through :func:`float_weight`.
 Checked against ComfyUI 0.18.1 and 0.30.2 and ComfyUI-GGUF main (2026-12).
@@ -71,6 +76,33 @@ def model_kind(model) -> str:
     return main + "_fast" if main == "fp8_e4m3fn" and optimizations.get("fp8") else main
 
 
+NUNCHAKU_MARKERS = ("nunchaku", "svdq", "awqw4a16")
+
+
+def _nunchaku_class(obj) -> bool:
+    cls = type(obj)
+    return any(m in f"{cls.__module__}.{cls.__name__}".lower() for m in NUNCHAKU_MARKERS)
+
+
+def is_nunchaku(model) -> bool:
+    """Whether a ModelPatcher holds a nunchaku SVDQuant model (its patcher, model or any layer is nunchaku's)."""
+    inner = getattr(model, "model", None)
+    dm = getattr(inner, "diffusion_model", None)
+    if _nunchaku_class(model) or (inner is not None and _nunchaku_class(inner)):
+        return True
+    if type(model).__name__ == "ZImageModelPatcher" or hasattr(model, "svdq_backup"):
+        return True
+    return isinstance(dm, torch.nn.Module) and any(_nunchaku_class(m) for m in dm.modules())
+
+
+def check_patchable(model, node: str) -> None:
+    """ValueError before anything is patched if a MODEL-patching node cannot work on this model (nunchaku)."""
+    if is_nunchaku(model):
+        raise ValueError(f"{node} does not support nunchaku SVDQuant models (4-bit SVDQuant layers replace the "
+                         "Z-Image blocks it patches): load the bf16, fp8 or GGUF checkpoint with UNETLoader or "
+                         "ComfyUI-GGUF's Unet Loader (GGUF) instead")
+
+
 def is_quantized(model) -> bool:
     """Whether any diffusion-model weight is stored in fp8, as a QuantizedTensor or as GGUF."""
     return any(not k.startswith(("float", "bfloat")) for k in weight_kinds(model))
@@ -98,6 +130,32 @@ def float_weight(module: torch.nn.Module, name: str = "weight", dtype=torch.floa
     return tensor.detach().to(dtype)
 
 
+def logical_shapes(model) -> dict:
+    """{state-dict key: shape} of a ModelPatcher's model with GGUF weights at their logical shape.
+
+    ``ModelPatcher.model_state_dict()`` is not enough: ComfyUI-GGUF's ``ggml_save_to_state_dict`` gives
+    meta tensors shaped like the raw blocks (a Q8_0 [N, 256] weight reads as [N, 272])."""
+    shapes = {k: tuple(v.shape) for k, v in model.model_state_dict().items()}
+    for name, param in model.model.named_parameters():
+        if is_gguf(param):
+            shapes[name] = tuple(param.tensor_shape)
+    return shapes
+
+
+def gguf_layer_weights(module: torch.nn.Module, x: torch.Tensor):
+    """(weight, bias) of a ComfyUI-GGUF layer for one call on x, dequantized with its LoRA patches
+    (``GGMLLayer.cast_bias_weight``), or None for any other layer. ``comfy.ops.cast_bias_weight`` would
+    cast the raw blocks."""
+    if not is_gguf(getattr(module, "weight", None)) or not hasattr(module, "cast_bias_weight"):
+        return None
+    return module.cast_bias_weight(x)
+
+
+def dequantized(weight, dtype):
+    """A weight from ``comfy.ops.cast_bias_weight`` as a plain tensor: a QuantizedTensor is dequantized."""
+    return weight.dequantize().to(dtype) if is_comfy_quantized(weight) else weight
+
+
 def float_state_dict(diffusion_model: torch.nn.Module, dtype=torch.float32) -> dict:
     """Every parameter of a (loaded) diffusion model as a float tensor, dequantized, patches included."""
     out = {}
@@ -109,7 +167,31 @@ def float_state_dict(diffusion_model: torch.nn.Module, dtype=torch.float32) -> d
     return out
 
 
+def patched_float_weight(model, key: str, device, dtype=torch.float32) -> torch.Tensor:
+    """A diffusion-model weight as sampling would use it (the patcher's LoRAs etc. applied), dequantized, on
+    device. Mirrors ``ModelPatcher.patch_weight_to_device(key, device_to, return_weight=True)`` (0.18.1, 0.30.2)
+    for plain / fp8 / scaled weights; GGUF: dequantized by ComfyUI-GGUF's layer, then the patcher's patches
+    for key through ``comfy.lora.calculate_weight`` (what ``GGMLLayer.get_weight`` does while loaded)."""
+    import comfy.lora
+    import comfy.utils
+
+    owner, _, name = key.rpartition(".")
+    module = comfy.utils.get_attr(model.model, owner) if owner else model.model
+    tensor = getattr(module, name)
+    if is_gguf(tensor):
+        weight = float_weight(module, name, dtype, with_patches=False)
+        if key in model.patches:
+            weight = comfy.lora.calculate_weight(model.patches[key], weight, key)
+        return weight.detach().to(device=device, dtype=dtype).clone()
+    if key in model.patches and key not in model.backup:
+        tensor = model.patch_weight_to_device(key, device_to=device, return_weight=True)
+    if is_comfy_quantized(tensor):
+        tensor = tensor.dequantize()
+    return tensor.detach().to(device=device, dtype=dtype).clone()
+
+
 def refuse_quantized(model, node: str, instead: str) -> None:
     """ValueError naming the model's weight kind, for a node that cannot handle quantized weights."""
+    check_patchable(model, node)
     if is_quantized(model):
         raise ValueError(f"{node} does not support this model's weights ({model_kind(model)}): {instead}")

@@ -125,6 +125,48 @@ def load_gguf(unet_name: str):
         return gguf_nodes.UnetLoaderGGUF().load_unet(unet_name)[0]
 
 
+@contextlib.contextmanager
+def tiny_text_encoder(qwen3_config: dict):
+    """While loading: the text-encoder detection answers Qwen3-4B and the tiny config reaches the model
+    (comfy/sd.py ``detect_te_model`` knows Qwen3 only by its hidden size)."""
+    import comfy.sd
+
+    detect, load = comfy.sd.detect_te_model, comfy.sd.load_text_encoder_state_dicts
+
+    def load_tiny(*args, model_options={}, **kwargs):
+        return load(*args, model_options={**model_options, "qwen3_4b_model_config": dict(qwen3_config)}, **kwargs)
+
+    comfy.sd.detect_te_model = lambda sd: comfy.sd.TEModel.QWEN3_4B
+    comfy.sd.load_text_encoder_state_dicts = load_tiny
+    try:
+        yield
+    finally:
+        comfy.sd.detect_te_model, comfy.sd.load_text_encoder_state_dicts = detect, load
+
+
+def load_clip(clip_name: str):
+    """A tiny Qwen3 through the real loaders: comfy.sd.load_clip (CLIPLoader's, fp8 and comfy_quant included)
+    or, for .gguf, ComfyUI-GGUF's CLIPLoaderGGUF (gguf_clip_loader, GGMLOps, GGUFModelPatcher)."""
+    import comfy.sd
+    import folder_paths
+
+    path = folder_paths.get_full_path_or_raise("text_encoders", clip_name)
+    if path.endswith(".gguf"):
+        import gguf
+
+        field = gguf.GGUFReader(path).get_field("zimage_lab.qwen3_config")
+        config = json.loads(str(field.parts[field.data[-1]], encoding="utf-8"))
+        loader = import_gguf_pack().CLIPLoaderGGUF()
+        with tiny_text_encoder(config):
+            return loader.load_patcher([path], comfy.sd.CLIPType.LUMINA2, loader.load_data([path]))
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        config = json.loads(f.metadata()["zimage_lab_qwen3_config"])
+    with tiny_text_encoder(config):
+        return comfy.sd.load_clip([path], folder_paths.get_folder_paths("embeddings"), comfy.sd.CLIPType.LUMINA2)
+
+
 def _nodes():
     import folder_paths
     from comfy_api.latest import io
@@ -181,7 +223,42 @@ def _nodes():
             save_file(state, path)
             return io.NodeOutput(ui={"text": [quant.model_kind(model)]})
 
-    return [TinyQuantUNETLoader, TinyGGUFLoader, SaveFloatWeights]
+    class FakeNunchaku(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id="ZImageLabTestFakeNunchaku", display_name="Fake nunchaku Z-Image patcher (tests)",
+                category="Z-Image Lab/testing",
+                description="A clone whose ModelPatcher class looks like ComfyUI-nunchaku's ZImageModelPatcher "
+                            "(nunchaku cannot be installed without its CUDA wheels).",
+                inputs=[io.Model.Input("model")], outputs=[io.Model.Output()])
+
+        @classmethod
+        def execute(cls, model) -> io.NodeOutput:
+            clone = model.clone()
+            clone.__class__ = type("ZImageModelPatcher", (type(model),), {"__module__": "ComfyUI-nunchaku.model_patcher"})
+            return io.NodeOutput(clone)
+
+    class TinyQuantCLIPLoader(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id="ZImageLabTestTinyQuantCLIPLoader", display_name="Tiny quantized Qwen3 Loader (tests)",
+                category="Z-Image Lab/testing",
+                description="CLIPLoader (lumina2) or ComfyUI-GGUF's CLIPLoader (GGUF) on a tiny Qwen3 file.",
+                inputs=[io.String.Input("clip_name", tooltip="A file name in models/text_encoders.")],
+                outputs=[io.Clip.Output(), io.String.Output("kinds")])
+
+        @classmethod
+        def execute(cls, clip_name) -> io.NodeOutput:
+            from collections import Counter
+
+            clip, quant = load_clip(clip_name), _pack_quant()
+            kinds = Counter(quant.tensor_kind(m._parameters["weight"]) for m in clip.cond_stage_model.modules()
+                            if m._parameters.get("weight") is not None)
+            return io.NodeOutput(clip, ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+
+    return [TinyQuantUNETLoader, TinyGGUFLoader, SaveFloatWeights, FakeNunchaku, TinyQuantCLIPLoader]
 
 
 def _pack_quant():
