@@ -23,7 +23,8 @@ must equal those of the start: no node changed a weight in place.
 Speed: the sweep has its own server (the product's settings, not the test servers' opt-ins); every prompt
 is queued at once and judged from /history at the end; the upstream loaders keep their node ids and
 inputs, so the server runs them once; latents are 16-32 pixels; most bad values end at validation.
-About 1,000 prompts in 4-5 minutes on 2 busy cores. ZLAB_BAD_INPUTS=0 skips it.
+About 1,000 prompts in 5-6 minutes with the server start, on 2 busy cores (docs/compatibility.md).
+ZLAB_BAD_INPUTS=0 skips it.
 """
 
 from __future__ import annotations
