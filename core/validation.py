@@ -72,3 +72,33 @@ def filename_prefix(prefix: str, name: str = "filename_prefix") -> str:
     if any(not p.strip() for p in parts):
         raise ValueError(f"{name} {text[:60]!r} has an empty folder name (two '/' in a row or a trailing '/')")
     return text
+
+
+def output_prefix(prefix: str, name: str = "filename_prefix") -> str:
+    """A Save Image style prefix (ComfyUI's %date:...% and %Node.input% patterns allowed) that stays inside the
+    output folder and fits the file system, else ValueError."""
+    no_control_characters(prefix, name)
+    parts = prefix.replace("\\", "/").split("/")
+    if prefix.startswith(("/", "\\")) or any(p.strip() == ".." for p in parts):
+        raise ValueError(f"{name} {prefix[:60]!r} leaves the output folder: give a relative path without '..', "
+                         "such as 'zimage_lab/portrait'")
+    longest = max(parts, key=lambda p: len(p.encode()))
+    if len(longest.encode()) > MAX_NAME_CHARS:
+        raise ValueError(f"{name} has a file or folder name of {len(longest.encode())} bytes; at most "
+                         f"{MAX_NAME_CHARS} are accepted: shorten it")
+    return prefix
+
+
+MAX_CPU_NOISE_SEED = 2**64 - 2
+"""ComfyUI's noise sampler adds 1 to the seed on the CPU (k_diffusion default_noise_sampler), so 2**64 - 1 overflows."""
+
+
+def noise_seed(seed: int, name: str, model=None) -> int:
+    """The seed, or ValueError where ComfyUI's CPU noise sampler would overflow on it (stock KSampler fails there too).
+
+    The device is the MODEL's ``load_device`` (a ModelPatcher attribute); anything else counts as the CPU."""
+    device_type = getattr(getattr(model, "load_device", None), "type", "cpu")
+    if device_type == "cpu" and int(seed) > MAX_CPU_NOISE_SEED:
+        raise ValueError(f"{name} is {seed}: on a CPU server ComfyUI's noise sampler adds 1 to the seed, which "
+                         f"overflows 64 bits (stock KSampler fails the same way): use {MAX_CPU_NOISE_SEED:,} or less")
+    return seed

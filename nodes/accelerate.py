@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 
 from comfy_api.latest import io
 
@@ -27,12 +28,19 @@ __all__ = ["accelerate_model", "accelerate_clip", "accelerate_vae", "runtime_of"
 
 WRAPPER_KEY = "zimage_lab_accelerate"
 BLOCK_GROUPS = ("layers", "noise_refiner", "context_refiner")
+CPU_COMPILE_ENV = "ZLAB_ACCELERATE_CPU_COMPILE"
+"""Set to 1 to compile the blocks on a CPU server too (the tests do, to check the compiled maths without a GPU)."""
 
 
 def safe_options(model, options: core.AccelerateOptions) -> tuple[core.AccelerateOptions, list[str]]:
     """The options that can run on this server and MODEL, and a sentence for each one switched off (decided
     before anything is patched)."""
     notes = []
+    device = getattr(getattr(model, "load_device", None), "type", "cpu")
+    if options.compile_blocks and device != "cuda" and os.environ.get(CPU_COMPILE_ENV) != "1":
+        options = dataclasses.replace(options, compile_blocks=False)
+        notes.append(f"compile_blocks switched off: the model runs on the {device}, where compiling every block "
+                     f"takes minutes and gains little (it is for NVIDIA GPUs; {CPU_COMPILE_ENV}=1 compiles anyway)")
     reason = graphs.graph_conflict(options.compile_blocks, options.cuda_graphs)
     if reason:
         options = dataclasses.replace(options, cuda_graphs=False)

@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 from ..core import attribution as core
 from ..core import conditioning as core_cond
 from ..core import sampler as core_sampler
+from ..core import validation
 from . import CATEGORY
 from ._internals import quant
 from ._internals.sampling import SAMPLERS, SCHEDULERS, patch_shift, previewer, schedule_of
@@ -133,6 +134,7 @@ class TokenAttribution(io.ComfyNode):
     def execute(cls, model, clip, vae, prompt, latent_image, seed, steps, shift, sampler_name, scheduler, cfg, unit,
                 extra_words, batch_size, negative=None) -> io.NodeOutput:
         quant.check_patchable(model, "Z-Image Token Attribution")
+        validation.noise_seed(seed, "seed", model)
         check_inputs(latent_image, steps, shift, cfg, 1.0, negative)
         if latent_image["samples"].shape[0] != 1:
             raise ValueError(f"latent_image has batch {latent_image['samples'].shape[0]}: attribution compares one image; set batch_size 1")

@@ -6,8 +6,12 @@ from comfy_api.latest import io
 
 from ..core import chunked_encode as core
 from ..core import conditioning as cc
+from ..core import validation
 from . import CATEGORY
 from ._internals.server import progress_bar
+
+MAX_WINDOWS = 64
+"""Most encoder passes one prompt may take (64 default windows hold about 26,000 tokens)."""
 
 
 def prompt_tokens(clip, text: str):
@@ -43,6 +47,8 @@ def chunked_encode(clip, text: str, window: int, overlap: int, join: str):
     n_prefix, n_suffix = cc.DEFAULT_PREFIX_TOKENS, cc.DEFAULT_SUFFIX_TOKENS
     n = len(pairs) - n_prefix - n_suffix
     windows = core.plan_windows(n, window, overlap)
+    validation.bounded_count(len(windows), "text", MAX_WINDOWS, f"windows of {window} tokens",
+                             "each window is one encoder pass; raise window or shorten the prompt")
     record = {"chunked": {"windows": [list(w) for w in windows], "window": window, "overlap": overlap, "join": join},
               "content_span": [n_prefix, n_prefix + n]}
     if len(windows) == 1:

@@ -90,7 +90,10 @@ class SeedDiversity(io.ComfyNode):
         measured = {"images": report(images, latents, size, bins, perceptual)}
         grid_rows = [("images", images)]
         if baseline is not None:
-            measured["baseline"] = report(baseline, baseline_latents, size, bins, perceptual)
+            try:
+                measured["baseline"] = report(baseline, baseline_latents, size, bins, perceptual)
+            except ValueError as err:  # the same checks as for images, said of the baseline inputs
+                raise ValueError(f"baseline / baseline_latents: {err}") from None
             grid_rows.insert(0, ("baseline", baseline))
         rows = [{"batch": name, **core.format_row(r)} for name, r in measured.items()]
         table = to_image(core_metrics.table_image(rows, "seed diversity (mean pairwise distance)"))

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..core import conditioning as cc
 from ..core import embedding_negative as core
+from ..core import validation
 from . import CATEGORY
 
 
@@ -58,6 +59,7 @@ class EmbeddingNegative(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, mode, strength, scope) -> io.NodeOutput:
+        strength = validation.finite(strength, "strength", "0 changes nothing, 1 is the usual orthogonal setting")
         cc.require_tokens(positive, "positive")
         if mode not in core.MODES:
             raise ValueError(f"mode is {mode!r}: choose one of {', '.join(core.MODES)}")

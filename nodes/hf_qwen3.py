@@ -203,7 +203,12 @@ class HFQwen3Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_folder, dtype="auto") -> io.NodeOutput:
-        return io.NodeOutput(HFQwen3CLIP.load(folder_path(model_folder), model_folder, dtype))
+        path = folder_path(model_folder)
+        try:
+            core.read_config(path)  # the folder's config checked first, so its error names the input
+        except ValueError as err:
+            raise ValueError(f"model_folder: {err}") from None
+        return io.NodeOutput(HFQwen3CLIP.load(path, model_folder, dtype))
 
 
 NODES = [HFQwen3Loader]

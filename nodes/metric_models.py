@@ -176,23 +176,25 @@ class LPIPSDistance(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, net, images_b=None) -> io.NodeOutput:
+        if images_b is not None and images_b.shape != images.shape:
+            raise ValueError(f"images_b has shape {tuple(images_b.shape)}, images {tuple(images.shape)}: "
+                             "give the same number of images of the same size")
+        if images_b is None and images.shape[0] < 2:
+            raise ValueError("images holds 1 image: LPIPS diversity needs a batch of 2 or more (or connect images_b)")
+        if min(images.shape[1], images.shape[2]) < 32:
+            raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}: LPIPS needs at least 32 pixels a side")
         folder = os.path.join(metric_roots()[0], "lpips")
         for root in metric_roots():
             if os.path.exists(os.path.join(root, "lpips", core.LPIPS_BACKBONES.get(net, ""))):
                 folder = os.path.join(root, "lpips")
         scorer = cached(("lpips", net, folder), lambda: core.load_lpips(folder, net))
         if images_b is None:
-            if images.shape[0] < 2:
-                raise ValueError("images holds 1 image: LPIPS diversity needs a batch of 2 or more (or connect images_b)")
             matrix = core.lpips_pairwise(scorer, images)
             mean = core.mean_pairwise(matrix)
             rows = [{"image": i, **{f"to {j}": float(matrix[i, j]) for j in range(matrix.shape[0])}}
                     for i in range(matrix.shape[0])]
             info = {"net": net, "matrix": matrix.tolist(), "mean_pairwise": mean}
         else:
-            if images_b.shape != images.shape:
-                raise ValueError(f"images_b has shape {tuple(images_b.shape)}, images {tuple(images.shape)}: "
-                                 "give the same number of images of the same size")
             distances = [float(core.lpips_pairwise(scorer, torch.stack([a, b]))[0, 1]) for a, b in zip(images, images_b)]
             mean = sum(distances) / len(distances)
             rows = [{"image": i, "lpips": d} for i, d in enumerate(distances)]

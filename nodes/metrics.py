@@ -94,13 +94,20 @@ class EmbeddingStats(io.ComfyNode):
                              ui={**ui.PreviewImage(table, cls=cls).as_dict(), "text": [text], "stats": [info]})
 
 
-def pair_rows(n: int, n_ref: int, what: str) -> list[int]:
+def pair_rows(n: int, n_ref: int, what: str, of: str = "the input") -> list[int]:
     """Reference index for each of n items: one reference for all, or one per item."""
     if n_ref == 1:
         return [0] * n
     if n_ref == n:
         return list(range(n))
-    raise ValueError(f"{what} has batch {n_ref} but the input has {n}: give one reference, or one per item")
+    raise ValueError(f"{what} has batch {n_ref} but {of} has {n}: give one reference, or one per item")
+
+
+def same_size(a: torch.Tensor, b: torch.Tensor, name: str, other: str, what: str) -> None:
+    """ValueError naming the input unless two batches have the same per-item shape."""
+    if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+        raise ValueError(f"{name} has {what} {list(b.shape[1:])} but {other} has {list(a.shape[1:])}: "
+                         f"connect a {name} of the same size")
 
 
 class ImageMetrics(io.ComfyNode):
@@ -139,8 +146,14 @@ class ImageMetrics(io.ComfyNode):
     def execute(cls, image, edge_threshold, reference=None, latent=None, reference_latent=None) -> io.NodeOutput:
         if (latent is None) != (reference_latent is None):
             raise ValueError("latent distance needs both latent and reference_latent connected (or neither)")
+        if min(image.shape[1], image.shape[2]) < 3:
+            raise ValueError(f"image is {image.shape[2]}x{image.shape[1]} pixels: these metrics need at least 3x3")
+        if reference is not None:
+            same_size(image, reference, "reference", "image", "image shape [height, width, channels]")
+        if latent is not None:
+            same_size(latent["samples"], reference_latent["samples"], "reference_latent", "latent", "latent shape")
         rows = []
-        refs = pair_rows(image.shape[0], reference.shape[0], "reference") if reference is not None else None
+        refs = pair_rows(image.shape[0], reference.shape[0], "reference", "image") if reference is not None else None
         for i in range(image.shape[0]):
             row = {"image": i, **core.image_metrics(image[i], edge_threshold)}
             if refs is not None:
@@ -151,7 +164,7 @@ class ImageMetrics(io.ComfyNode):
         latent_rows = []
         if latent is not None:
             a, b = latent["samples"], reference_latent["samples"]
-            for i, j in enumerate(pair_rows(a.shape[0], b.shape[0], "reference_latent")):
+            for i, j in enumerate(pair_rows(a.shape[0], b.shape[0], "reference_latent", "latent")):
                 latent_rows.append({"latent": i, **{f"latent_{k}": v for k, v in core.latent_distance(a[i], b[j]).items()}})
 
         def mean(key, source):

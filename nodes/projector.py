@@ -61,7 +61,10 @@ class ProjectorLoader(io.ComfyNode):
             projector = core.load(path)
         except ValueError as e:
             raise ValueError(f"projector_name {projector_name}: {e}") from None
-        core.check_width(projector, clip.hidden_size, f"the text encoder {clip.name}")
+        try:
+            core.check_width(projector, clip.hidden_size, f"the text encoder {clip.name}")
+        except ValueError as err:
+            raise ValueError(f"projector_name {projector_name}: {err}") from None
         return io.NodeOutput(clip.with_projector(projector), ui={"text": [f"{projector_name}: {projector.describe()}"]})
 
 

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..core import refined_steering as core
 from ..core import steering as core_steering
 from ._internals import quant
+from ..core import validation
 from ._internals import patching
 from ._internals.models import check_zimage_model
 from .steering import SUBCATEGORY, SteeringVectorType
@@ -88,6 +89,7 @@ class RefinedSteering(io.ComfyNode):
     @classmethod
     def execute(cls, model, vector, alpha, scope) -> io.NodeOutput:
         quant.check_patchable(model, "Refined Steering")
+        alpha = validation.finite(alpha, "alpha", "0 changes nothing")
         patched = patch_refined_steering(model, vector, alpha, scope)
         return io.NodeOutput(patched, ui={"text": [f"refined steering {alpha:+g} x {vector.describe()} on {scope}"]})
 

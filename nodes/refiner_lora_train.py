@@ -13,6 +13,7 @@ from comfy_api.latest import io, ui
 from safetensors.torch import save_file
 
 from ..core import refiner_lora_train as core
+from ..core import validation
 from ._internals import models as comfy_models
 from ._internals import quant
 from ._internals.dit import sdpa_attention
@@ -204,6 +205,9 @@ class ZImageRefinerLoRATrain(io.ComfyNode):
     def execute(cls, model, clip, prompts, style, preserve_prompts, rank, alpha, learning_rate, steps, seed,
                 preservation_weight, modules, lora_name) -> io.NodeOutput:
         quant.check_patchable(model, "Z-Image Refiner LoRA Train (text only)")
+        for name, text in (("prompts", prompts), ("style", style), ("preserve_prompts", preserve_prompts)):
+            validation.bounded_text(text, name, why="each line is encoded and trained on at every step")
+        validation.filename_prefix(lora_name, "lora_name")
         bar = progress_bar(steps)
         every = max(1, steps // 10)
         seen = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..core import sampler as core
+from ..core import validation
 from . import CATEGORY
 from ._internals.sampling import SAMPLERS, SCHEDULERS, common_ksampler, patch_shift, schedule_of, zero_out
 
@@ -73,6 +74,7 @@ class ZImageSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, shift, sampler_name, scheduler, cfg, denoise,
                 negative=None) -> io.NodeOutput:
+        validation.noise_seed(seed, "seed", model)
         out, sigmas = sample(model, positive, negative, latent_image, seed, steps, shift, sampler_name,
                              scheduler, cfg, denoise)
         record = core.SamplingRecord("ZImageLabSampler", seed, steps, shift, sampler_name, scheduler, cfg, denoise,

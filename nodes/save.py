@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..core import save as core
+from ..core import validation
 from . import CATEGORY
 from ._internals import save as internals
 
@@ -62,6 +63,7 @@ class ZImageLabSaveImage(io.ComfyNode):
     @classmethod
     def execute(cls, images, filename_prefix="ComfyUI", compress_level=core.STOCK_COMPRESS_LEVEL,
                 background=True) -> io.NodeOutput:
+        validation.output_prefix(filename_prefix, "filename_prefix")
         check_images(images)
         if not 0 <= int(compress_level) <= 9:
             raise ValueError(f"compress_level is {compress_level}: choose 0 (none) to 9 (smallest); 4 is Save Image's")

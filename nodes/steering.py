@@ -260,13 +260,18 @@ class SteeringApply(io.ComfyNode):
         cc.require_tokens(conditioning, "conditioning")
         if scope not in core.SCOPES:
             raise ValueError(f"scope is {scope!r}: choose one of {', '.join(core.SCOPES)}")
-        pairs = [(v, validation.finite(a, name)) for v, a, name in ((vector, alpha, "alpha"), (vector_2, alpha_2, "alpha_2"),
-                                                                  (vector_3, alpha_3, "alpha_3")) if v is not None]
-        for v, _ in pairs:
+        given = [(v, validation.finite(a, name), socket) for v, a, name, socket in (
+            (vector, alpha, "alpha", "vector"), (vector_2, alpha_2, "alpha_2", "vector_2"),
+            (vector_3, alpha_3, "alpha_3", "vector_3")) if v is not None]
+        for v, _, socket in given:
             if v.space != "embedding":
-                raise ValueError(f"vector {v.name or ''} is a {v.space}-space vector: use Refined Steering for it "
+                raise ValueError(f"{socket} {v.name or ''} is a {v.space}-space vector: use Refined Steering for it "
                                  "(Apply Steering adds embedding-space vectors to the conditioning)")
-            core.check_width(v, conditioning[0][0].shape[-1], "the conditioning")
+            try:
+                core.check_width(v, conditioning[0][0].shape[-1], "the conditioning")
+            except ValueError as err:
+                raise ValueError(f"{socket}: {err}") from None
+        pairs = [(v, a) for v, a, _ in given]
         delta = core.combined_delta(pairs)
         records = [{**v.record(), "alpha": a, "scope": scope} for v, a in pairs]
         warnings = sorted({w for v, a in pairs if a != 0.0 for _, extras in conditioning for w in _mismatch_warnings(v, extras)})

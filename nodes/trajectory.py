@@ -7,6 +7,7 @@ from comfy_api.latest import io, ui
 
 from ..core import sampler as core_sampler
 from ..core import trajectory as core
+from ..core import validation
 from . import CATEGORY
 from ._internals import quant
 from ._internals.sampling import (SAMPLERS, SCHEDULERS, latent_rgb_factors, patch_shift, preview_callback,
@@ -96,6 +97,7 @@ class Trajectory(io.ComfyNode):
     def execute(cls, model, positive, latent_image, seed, steps, shift, sampler_name, scheduler, cfg, denoise, every,
                 negative=None, vae=None) -> io.NodeOutput:
         quant.check_patchable(model, "Z-Image Trajectory Recorder")
+        validation.noise_seed(seed, "seed", model)
         check_inputs(latent_image, steps, shift, cfg, denoise, negative)
         keep = core.snapshot_steps(steps, every)
         shifted = patch_shift(model, shift)

@@ -18,6 +18,10 @@ import pytest
 import harness
 
 COMFYUI = harness.find_comfyui()
+# The accelerator switches compile_blocks off on a CPU server (minutes of compiling for little gain); the tests'
+# servers inherit this and compile anyway, so the compiled maths is checked without a GPU. The bad-input sweep
+# starts its own server without it, as users run.
+os.environ.setdefault("ZLAB_ACCELERATE_CPU_COMPILE", "1")
 _counts = {"integration_collected": 0, "browser_collected": 0, "browser_missing": None}
 
 
