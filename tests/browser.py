@@ -96,6 +96,16 @@ EVENTS_JS = """() => {
   });
 }"""
 
+# Scroll the template dialog to its end: every scrolling box around the card grid to the bottom, then the
+# load trigger (the element after the grid's wrapper) into view, so its IntersectionObserver fires.
+SCROLL_TEMPLATES_JS = """() => {
+  const grid = document.querySelector('[data-testid="template-workflows-content"]');
+  if (!grid) return false;
+  for (let e = grid.parentElement; e; e = e.parentElement) if (e.scrollHeight > e.clientHeight) e.scrollTop = e.scrollHeight;
+  grid.parentElement?.nextElementSibling?.scrollIntoView({block: 'center'});
+  return true;
+}"""
+
 
 def chromium_path() -> str | None:
     """The Chromium binary to drive: $ZLAB_CHROMIUM, else Debian's /usr/bin/chromium."""
@@ -362,6 +372,33 @@ class ComfyPage:
         clip["height"] = min(clip["height"], size["height"] - clip["y"])
         self.page.screenshot(path=str(path), clip=clip)
         return path
+
+    def wait_for_node_images(self, node_ids: list[str], timeout_ms: int = 30_000) -> None:
+        """Wait until each node shows an image on the canvas (``node.imgs``, loaded asynchronously after the
+        run; frontend 1.47 loads them only once the node is drawn); raise naming those that show none."""
+        js = "(ids) => ids.filter((id) => !(app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(id))?.imgs?.length)"
+        try:
+            self.page.wait_for_function(f"(ids) => ({js})(ids).length === 0", arg=node_ids, timeout=timeout_ms)
+        except Exception as error:  # playwright's TimeoutError
+            raise AssertionError(f"our output nodes with an IMAGE must show it on the node; none shown on "
+                                 f"{self.evaluate(js, node_ids)} after {timeout_ms} ms") from error
+
+    def template_cards(self, names: list[str], timeout_ms: int = 60_000) -> None:
+        """Wait until the template dialog shows a card for each name, scrolling down as a user does: the
+        dialog (frontend 1.42 and 1.47, WorkflowTemplateSelectorDialog.vue) renders 24 cards per page and
+        loads the next page only when its load trigger, below the last card, scrolls into view."""
+        waited = 0
+        while True:
+            shown = self.page.evaluate("(names) => names.filter((n) => document.querySelector("
+                                       "`[data-testid=\"template-workflow-${n}\"]`))", names)
+            if len(shown) == len(names):
+                return
+            if waited >= timeout_ms:
+                raise TimeoutError(f"template dialog shows {len(shown)} of {len(names)} cards after {waited} ms; "
+                                   f"missing: {sorted(set(names) - set(shown))}")
+            self.page.evaluate(SCROLL_TEMPLATES_JS)
+            self.page.wait_for_timeout(250)
+            waited += 250
 
     def node(self, predicate_js: str, expression: str):
         """Evaluate ``expression`` with ``n`` bound to the first graph node matching ``predicate_js``."""
