@@ -31,6 +31,24 @@ class ServerScoreError(wf.WorkflowError):
     """Scoring cannot be set up on this server, with a message meant for a person."""
 
 
+SET_METRICS = ("lpips", "fid")
+RATED = ("user_pref",)
+
+
+def plan(metrics) -> dict[str, list[str]]:
+    """Split a spec's ``metrics`` list: per-image ones scored on the server, set metrics for ``zlab score``,
+    ``user_pref`` for ``zlab rate``; an unknown name is an error listing the known ones."""
+    out = {"server": [], "zlab score": [], "zlab rate": []}
+    for metric in metrics:
+        key = ("server" if metric in METRIC_FOLDERS else "zlab score" if metric in SET_METRICS
+               else "zlab rate" if metric in RATED else None)
+        if key is None:
+            raise ServerScoreError(f"unknown metric {metric!r}: choose from "
+                                   f"{', '.join([*METRIC_FOLDERS, *SET_METRICS, *RATED])}")
+        out[key].append(metric)
+    return out
+
+
 def model_choices(object_info: dict) -> list[str]:
     """The model options of the server's Image Score node (V3 'COMBO' + options, or the older list form)."""
     if SCORE_NODE not in object_info:

@@ -48,3 +48,10 @@ def test_read_scores_takes_the_first_image_of_each_score_node():
                "zlab_score_clip_score": {"zlab_scores": [{"metric": "clip_score", "model": "clip/b32",
                                                           "scores": [23.5, 1.0]}], "text": ["..."]}}
     assert ss.read_scores(outputs) == {"clip_score": 23.5}
+
+
+def test_plan_splits_the_research_notes_metrics():
+    assert ss.plan(["fid", "clip_score", "lpips", "user_pref", "hpsv2"]) == {
+        "server": ["clip_score", "hpsv2"], "zlab score": ["fid", "lpips"], "zlab rate": ["user_pref"]}
+    with pytest.raises(ss.ServerScoreError, match="unknown metric 'clipscore'"):
+        ss.plan(["clipscore"])
