@@ -154,3 +154,20 @@ def test_batch_seeds_batches_seed_cells_and_stays_close(lab):
         _separate(api, n, {"seed": seed, "sampler_name": "euler_ancestral"})
     result = _cells_equal_separate_runs(lab, api, [{"seed": 5}, {"seed": 6}])
     assert result.outputs["10"]["xy_batches"] == []
+
+
+def test_layer_cells_equal_qwen3_encoder_then_sampler(lab):
+    api = _graph()
+    text = api["3"]["inputs"]["text"]
+    _xy(api, "layer", "-2, -4", "seed", "3, 4", clip=["2", 0], text=text)
+    cells = [{"seed": s, "layer": layer} for s in (3, 4) for layer in (-2, -4)]
+    for n, c in enumerate(cells):
+        api[f"enc{n}"] = {"class_type": "ZImageLabQwen3Encode", "inputs": {
+            "clip": ["2", 0], "text": text, "layer": c["layer"], "layer_blend": "", "long_prompt_mode": "none",
+            "token_budget": 512}}
+        _separate(api, n, {"seed": c["seed"]}, positive=(f"enc{n}", 0))
+    _cells_equal_separate_runs(lab, api, cells)
+    api = _graph()
+    _xy(api, "layer", "-2, -3", "none", "")
+    with pytest.raises(ComfyError, match="layer axis needs clip"):
+        lab.run(api)
