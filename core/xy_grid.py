@@ -14,8 +14,9 @@ import numpy as np
 
 AXES = {  # setting -> value type
     "seed": int, "steps": int, "shift": float, "cfg": float, "denoise": float,
-    "sampler_name": str, "scheduler": str, "nag_scale": float, "steering_alpha": float,
+    "sampler_name": str, "scheduler": str, "nag_scale": float, "steering_alpha": float, "layer": int,
 }
+RANGES = {"layer": (-64, -1)}  # Qwen3 hidden layers counted from the end, as the Z-Image Qwen3 Encoder takes them
 NONE = "none"
 
 
@@ -67,6 +68,10 @@ def parse_axis(name: str, text: str, input_name: str, choices: dict[str, list] |
                 values += _expand(item, kind)
     except ValueError as e:
         raise ValueError(f"{input_name} values for {name}: {e}") from None
+    low, high = RANGES.get(name, (None, None))
+    outside = [v for v in values if low is not None and not low <= v <= high]
+    if outside:
+        raise ValueError(f"{input_name} values for {name}: {outside} outside {low}..{high}")
     if not values:
         raise ValueError(f"{input_name} values for {name} are empty: give a comma-separated list, e.g. "
                          f"{'1, 2, 3' if kind is not str else 'euler, res_multistep'}")

@@ -144,7 +144,8 @@ class ImageScore(io.ComfyNode):
         table, preview = table_outputs(rows, f"{name} ({model})", cls)
         mean = float(sum(values) / len(values))
         info = {"metric": name, "model": model, "scores": values, "mean": mean, "prompts": texts}
-        return io.NodeOutput(mean, json.dumps(info, indent=1), table, ui=preview)
+        record = {"metric": name, "model": model, "scores": values}  # full precision, read by zlab sweeps
+        return io.NodeOutput(mean, json.dumps(info, indent=1), table, ui={**preview, "zlab_scores": [record]})
 
 
 class LPIPSDistance(io.ComfyNode):
@@ -203,4 +204,88 @@ class LPIPSDistance(io.ComfyNode):
         return io.NodeOutput(float(mean), json.dumps(info, indent=1), table, ui=preview)
 
 
-NODES = [ImageScore, LPIPSDistance]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def resolve_reference_folder(text: str) -> str:
+    """An absolute folder path, or one relative to ComfyUI's input folder; clear errors when it is unusable."""
+    text = text.strip()
+    if not text:
+        raise ValueError("reference_folder is empty: give a folder of real images (absolute, or relative to "
+                         "ComfyUI's input folder)")
+    folder = text if os.path.isabs(text) else os.path.join(folder_paths.get_input_directory(), text)
+    if not os.path.isdir(folder):
+        raise ValueError(f"reference_folder {folder!r} is not a folder: give a folder of real images (absolute, "
+                         "or relative to ComfyUI's input folder)")
+    return folder
+
+
+def reference_images(folder: str) -> list:
+    """The folder's images as uint8 RGB arrays (sorted by name); at least two are needed."""
+    import numpy as np
+    from PIL import Image
+
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+    if len(names) < 2:
+        raise ValueError(f"reference_folder {folder} holds {len(names)} image(s) ({', '.join(IMAGE_SUFFIXES)}): "
+                         "FID needs at least two (a few hundred to mean much)")
+    out = []
+    for name in names:
+        with Image.open(os.path.join(folder, name)) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    return out
+
+
+def inception_path() -> str:
+    """The FID Inception weights under the first metrics root that has them; MissingWeights names where."""
+    for root in metric_roots():
+        path = os.path.join(root, "inception", core.INCEPTION_FILE)
+        if os.path.exists(path):
+            return path
+    return os.path.join(metric_roots()[0], "inception", core.INCEPTION_FILE)  # load_inception names it
+
+
+class FIDScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageLabFID",
+            display_name="Z-Image FID",
+            category=SUBCATEGORY,
+            description=(
+                "Frechet Inception Distance of a batch of images to a folder of reference images (Heusel et al. "
+                "2017; torchmetrics with torch-fidelity's FID Inception v3). Lower = closer to the reference set. "
+                "Weights from models/metrics/inception/pt_inception-2015-12-05-6726825d.pth; nothing is downloaded. "
+                "FID is only meaningful with many images (hundreds); small batches give large, noisy values."
+            ),
+            is_output_node=True,
+            search_aliases=["fid", "frechet inception distance", "inception", "realism"],
+            inputs=[
+                io.Image.Input("images", tooltip="The generated images (two or more; sizes may differ from the references)."),
+                io.String.Input("reference_folder", default="fid_reference",
+                                tooltip="Folder of real images (png, jpg, webp, bmp): absolute, or relative to "
+                                        "ComfyUI's input folder. Every image in it is used."),
+            ],
+            outputs=[
+                io.Float.Output("fid", tooltip="FID of images against the reference folder (lower = closer)."),
+                io.String.Output("json", tooltip="FID, the image counts and the folder, as JSON."),
+                io.Image.Output("table", tooltip="The result as a table image."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images, reference_folder) -> io.NodeOutput:
+        if images.shape[0] < 2:
+            raise ValueError(f"images holds {images.shape[0]} image: FID needs a batch of two or more")
+        folder = resolve_reference_folder(reference_folder)
+        references = reference_images(folder)
+        path = inception_path()
+        scorer = cached(("fid", path), lambda: core.load_inception(path))
+        value = core.fid_score(scorer, images, references)
+        rows = [{"images": int(images.shape[0]), "references": len(references), "fid": value}]
+        table, preview = table_outputs(rows, "FID (Inception v3)", cls)
+        info = {"fid": value, "images": int(images.shape[0]), "references": len(references), "folder": folder}
+        return io.NodeOutput(value, json.dumps(info, indent=1), table, ui={**preview, "fid": [value]})
+
+
+NODES = [ImageScore, LPIPSDistance, FIDScore]

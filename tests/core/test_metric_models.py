@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from core import metric_models as mm
-from metric_fixtures import (register_tiny_open_clip, save_random_alexnet, save_random_inception, save_tiny_clip,
-                             save_tiny_hpsv2, save_tiny_siglip)
+from metric_fixtures import (fid_by_hand, register_tiny_open_clip, save_random_alexnet, save_random_inception,
+                             save_tiny_clip, save_tiny_hpsv2, save_tiny_siglip)
 
 PROMPTS = ["a red cube on a table", "a portrait of an old sailor", "a red cube on a table", "neon city at night"]
 
@@ -135,31 +135,20 @@ def test_lpips_pairwise_matches_definition(tmp_path):
 
 def test_fid_matches_frechet_distance_of_inception_features(tmp_path):
     pytest.importorskip("torch_fidelity")
-    scipy_linalg = pytest.importorskip("scipy.linalg")
+    pytest.importorskip("scipy.linalg")
     path = save_random_inception(str(tmp_path / "inception"))
     scorer = mm.load_inception(str(tmp_path / "inception"))
     fake, real = images(5, 32, 32, seed=5), images(6, 40, 40, seed=6) * 0.5
     got = mm.fid_score(scorer, fake, real)
-
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    net = FeatureExtractorInceptionV3("check", ["2048"], feature_extractor_weights_path=path)
-
-    def features(batch):
-        u8 = torch.from_numpy(np.stack(uint8_list(batch))).permute(0, 3, 1, 2)
-        with torch.no_grad():
-            return net(u8)[0].double().numpy()
-
-    f, r = features(fake), features(real)
-    mu1, mu2, s1, s2 = f.mean(0), r.mean(0), np.cov(f, rowvar=False), np.cov(r, rowvar=False)
-    covmean = scipy_linalg.sqrtm(s1 @ s2).real
-    expected = float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+    expected = fid_by_hand(path, uint8_list(fake), uint8_list(real))
     assert got == pytest.approx(expected, rel=1e-3, abs=1e-3)
     assert got > 0
 
 
 @pytest.mark.parametrize("loader, layout, expected", [
     (mm.load_clip, "clip/missing", "config.json"),
+    (mm.load_siglip, "siglip/missing", "config.json"),
+    (mm.load_pickscore, "pickscore/missing", "config.json"),
     (mm.load_hpsv2, "hpsv2", "HPS_v2.1_compressed.pt"),
     (mm.load_lpips, "lpips", "alexnet-owt-7be5be79.pth"),
     (mm.load_inception, "inception", "pt_inception-2015-12-05-6726825d.pth"),

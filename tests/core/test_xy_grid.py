@@ -19,7 +19,8 @@ def test_parse_values_and_ranges():
     ("steps", "4, x", ["x values for steps", "'x'"]),
     ("steps", "", ["empty"]),
     ("shift", "3-1:1", ["start <= stop"]),
-    ("layer", "1", ["x axis 'layer'", "seed"]),
+    ("lora_strength", "1", ["x axis 'lora_strength'", "seed", "layer"]),
+    ("layer", "-2, 3", ["x values for layer", "-64..-1"]),
     ("scheduler", "simple, nope", ["['nope']", "scheduler choices"]),
 ])
 def test_bad_axes_are_named(name, text, words):

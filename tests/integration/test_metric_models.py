@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+import harness
 from core import metric_models as mm
-from metric_fixtures import save_random_alexnet, save_tiny_clip
+from metric_fixtures import fid_by_hand, save_random_alexnet, save_random_inception, save_tiny_clip
 from zlab.api import ComfyError
 
 pytestmark = pytest.mark.integration
@@ -19,6 +20,20 @@ def metrics_dir(lab):
     save_tiny_clip(str(root / "clip" / "tiny-clip"), seed=3)
     save_random_alexnet(str(root / "lpips"))
     return root
+
+
+def _reference_folder(lab, name="fid_reference"):
+    """Four random reference images of two sizes in ComfyUI's input folder."""
+    from PIL import Image
+
+    folder = lab.base / "input" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(9)
+    arrays = [rng.integers(0, 256, (36 + 4 * (n % 2), 44, 3), dtype=np.uint8) for n in range(4)]
+    for n, a in enumerate(arrays):
+        Image.fromarray(a).save(folder / f"ref{n}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return arrays
 
 
 def _images_graph():
@@ -72,3 +87,55 @@ def test_missing_model_is_a_clear_error(lab, metrics_dir):
     with pytest.raises(ComfyError) as err:
         lab.run(api)
     assert "vgg16-397923af.pth" in str(err.value) and "lpips" in str(err.value)
+
+
+def test_fid_node_equals_frechet_distance_by_hand(lab, metrics_dir):
+    api = _images_graph()
+    api["f"] = {"class_type": "ZImageLabFID", "inputs": {"images": ["b2", 0], "reference_folder": "fid_reference"}}
+    references = _reference_folder(lab)
+    with pytest.raises(ComfyError) as err:  # no weights yet: the folder and the file are named
+        lab.run(api)
+    assert "pt_inception-2015-12-05-6726825d.pth" in str(err.value) and "inception" in str(err.value)
+    path = save_random_inception(str(metrics_dir / "inception"))
+    result = lab.run(api)
+    got = result.outputs["f"]["fid"][0]
+    fake = [(p.numpy() * 255).round().astype(np.uint8) for p in _pixels()]
+    expected = fid_by_hand(path, fake, references)
+    assert got == pytest.approx(expected, rel=1e-3) and got > 0
+    assert "images" in result.outputs["f"]  # the table preview
+
+
+@pytest.mark.parametrize("folder, images, words", [
+    ("no_such_folder", "b2", ["reference_folder", "no_such_folder", "not a folder"]),
+    ("", "b2", ["reference_folder is empty"]),
+    ("fid_reference", "e0", ["two or more"]),
+])
+def test_fid_bad_inputs_are_clear(lab, metrics_dir, folder, images, words):
+    _reference_folder(lab)
+    api = _images_graph()
+    api["f"] = {"class_type": "ZImageLabFID", "inputs": {"images": [images, 0], "reference_folder": folder}}
+    with pytest.raises(ComfyError) as err:
+        lab.run(api)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_sweep_cells_are_scored_on_the_server(lab, metrics_dir):
+    """zlab.server_score: the score nodes appended to a cell's prompt run on the server; the scores read back
+    from its history equal core's on the same pixels with the prompt the cell was encoded with."""
+    from zlab import server_score
+
+    text = "a blue square on grey"
+    api = _images_graph()
+    api["c"] = {"class_type": "ZImageLabTestTinyCLIPLoader", "inputs": {"clip_name": harness.TINY_FILES["clip_name"]}}
+    api["p"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["c", 0]},
+                "_meta": {"title": "Positive Prompt"}}
+    api["s"] = {"class_type": "ZImageLabSaveImage", "inputs": {"images": ["b2", 0], "filename_prefix": "score/cell"}}
+    models = server_score.score_models(lab.client.object_info(), ["clip_score"])
+    assert models == {"clip_score": "clip/tiny-clip"}
+    result = lab.run(server_score.add_scoring(api, models))
+    got = server_score.read_scores(result.outputs)
+    expected = mm.clip_score(mm.load_clip(str(metrics_dir / "clip" / "tiny-clip")), _pixels()[:1], text)
+    assert got == {"clip_score": pytest.approx(float(expected[0]), rel=1e-5, abs=1e-5)}
+    with pytest.raises(server_score.ServerScoreError, match="models/metrics/pickscore/ holds no model"):
+        server_score.score_models(lab.client.object_info(), ["pickscore"])

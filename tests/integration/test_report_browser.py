@@ -33,14 +33,47 @@ def synthetic_sweep(folder):
     return make_sweep(folder)
 
 
+def full_sweep(folder):
+    """The synthetic sweep with everything a report can show: a learned per-cell score and a set metric
+    (scores.json), a contact sheet, and a rater's votes (ratings.sqlite)."""
+    import json
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    make_sweep(folder)
+    rows = report.read_rows(folder)
+    cells = {r["cell"]: {"clip_score": 20.0 + r["quality"] + 0.1 * r["seed"]} for r in rows}
+    conditions = {"shift=1.0, steps=4": {"lpips_diversity": 0.3}, "shift=3.0, steps=8": {"lpips_diversity": 0.1}}
+    (folder / "scores.json").write_text(json.dumps({"cells": cells, "conditions": conditions}))
+    Image.fromarray(np.full((64, 96, 3), 128, np.uint8)).save(folder / "contact_sheet.png")
+    session = rate.RatingSession(folder, rng=random.Random(1))
+    while not (pair := session.next_pair("ann"))["done"]:
+        left, right = session.pending[pair["token"]]
+        session.vote("ann", pair["token"], "left" if left["quality"] >= right["quality"] else "right")
+    return folder
+
+
 def test_report_opens_and_shows_every_plot(tmp_path, tab):
-    html_path, _ = report.write_report(synthetic_sweep(tmp_path))
+    sweep = report.load_sweep(full_sweep(tmp_path))
+    assert sweep.metrics == ["quality", "clip_score"] and sweep.preference
+    titles = [title for title, _ in report.build(sweep)["plots"]]
+    assert len(titles) == 2 * 3  # per metric: one plot per swept input and the two-input heatmap
+    html_path, _ = report.write_report(tmp_path)
     tab.goto(html_path.as_uri())
     tab.wait_for_load_state("load")
-    shown = tab.evaluate("""() => [...document.querySelectorAll('figure.plot img')].map(
-        i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])""")
-    assert len(shown) == 3 and all(done and w > 100 and box > 100 for done, w, box in shown)
-    assert tab.evaluate("document.querySelectorAll('table').length") >= 3
+    plots = tab.evaluate("""() => [...document.querySelectorAll('figure.plot')].map(f => {
+        const i = f.querySelector('img'), box = i.getBoundingClientRect();
+        return [f.querySelector('figcaption').textContent, i.complete, i.naturalWidth, box.width, box.height]; })""")
+    assert [p[0] for p in plots] == titles
+    assert all(done and width > 100 and box_w > 100 and box_h > 50 for _, done, width, box_w, box_h in plots)
+    images = tab.evaluate("() => [...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+    assert all(ok for _, ok in images) and "contact sheet" in [alt for alt, _ in images]
+    assert len(images) > len(plots) + 1  # the best / worst cells' thumbnails too
+    headings = tab.evaluate("() => [...document.querySelectorAll('h3')].map(h => h.textContent)")
+    for words in ("Mean per condition", "Difference to the reference", "Set metrics", "Human preference"):
+        assert any(h.startswith(words) for h in headings), headings
     assert tab.errors == []
 
 

@@ -22,6 +22,7 @@ def _graph():
     }
 
 
+TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 BASE = {"seed": 11, "steps": 3, "shift": 3.0, "sampler_name": "euler", "scheduler": "simple", "cfg": 1.0, "denoise": 1.0}
 
 
@@ -114,3 +115,59 @@ def test_bad_axes_get_clear_errors(lab, change, words):
         lab.run(api)
     for word in words:
         assert word in str(err.value), str(err.value)
+
+
+def test_steering_alpha_cells_equal_apply_steering_then_sampler(lab):
+    api = _graph()
+    api["7"] = {"class_type": "ZImageLabSteeringVectorBuild", "inputs": {
+        "clip": ["2", 0], "prompts_a": "an oil painting of a fox", "prompts_b": "a photo of a fox", "layer": -2,
+        "template": TEMPLATE, "normalize": False, "space": "embedding"}}
+    _xy(api, "steering_alpha", "0, 2.5", "seed", "3, 4", steering_vector=["7", 0])
+    cells = [{"seed": s, "steering_alpha": a} for s in (3, 4) for a in (0.0, 2.5)]
+    for n, c in enumerate(cells):
+        api[f"st{n}"] = {"class_type": "ZImageLabSteeringApply", "inputs": {
+            "conditioning": ["3", 0], "vector": ["7", 0], "alpha": c["steering_alpha"], "scope": "content tokens"}}
+        _separate(api, n, {"seed": c["seed"]}, positive=(f"st{n}", 0))
+    _cells_equal_separate_runs(lab, api, cells)
+
+
+def test_batch_seeds_batches_seed_cells_and_stays_close(lab):
+    """batch_seeds on: cells differing only in seed sample as one batch, each with its own seed's noise. Not bit for
+    bit (another batch size rounds the matmuls differently), so the cells are checked close to separate runs;
+    an ancestral sampler is never batched, so its cells stay bit-identical."""
+    api = _graph()
+    _xy(api, "seed", "5, 6, 7", "shift", "2, 4", batch_seeds=True)
+    cells = [{"shift": y, "seed": x} for y in (2.0, 4.0) for x in (5, 6, 7)]
+    for n, c in enumerate(cells):
+        _separate(api, n, c)
+    result = lab.run(api)
+    assert result.outputs["10"]["xy_batches"] == [[0, 1, 2], [3, 4, 5]]
+    (grid_latents,) = lab.latents(result, "11")
+    for n in range(len(cells)):
+        (separate,) = lab.latents(result, f"l{n}")
+        torch.testing.assert_close(grid_latents[n:n + 1], separate, rtol=0, atol=1e-3)
+        others = [lab.latents(result, f"l{m}")[0] for m in range(len(cells)) if m != n]
+        assert all((grid_latents[n:n + 1] - o).abs().max() > 1e-2 for o in others)  # its own seed's noise
+    api = _graph()
+    _xy(api, "seed", "5, 6", "none", "", batch_seeds=True, sampler_name="euler_ancestral")
+    for n, seed in enumerate((5, 6)):
+        _separate(api, n, {"seed": seed, "sampler_name": "euler_ancestral"})
+    result = _cells_equal_separate_runs(lab, api, [{"seed": 5}, {"seed": 6}])
+    assert result.outputs["10"]["xy_batches"] == []
+
+
+def test_layer_cells_equal_qwen3_encoder_then_sampler(lab):
+    api = _graph()
+    text = api["3"]["inputs"]["text"]
+    _xy(api, "layer", "-2, -4", "seed", "3, 4", clip=["2", 0], text=text)
+    cells = [{"seed": s, "layer": layer} for s in (3, 4) for layer in (-2, -4)]
+    for n, c in enumerate(cells):
+        api[f"enc{n}"] = {"class_type": "ZImageLabQwen3Encode", "inputs": {
+            "clip": ["2", 0], "text": text, "layer": c["layer"], "layer_blend": "", "long_prompt_mode": "none",
+            "token_budget": 512}}
+        _separate(api, n, {"seed": c["seed"]}, positive=(f"enc{n}", 0))
+    _cells_equal_separate_runs(lab, api, cells)
+    api = _graph()
+    _xy(api, "layer", "-2, -3", "none", "")
+    with pytest.raises(ComfyError, match="layer axis needs clip"):
+        lab.run(api)
