@@ -166,12 +166,18 @@ class ComfyClient:
 
     def download(self, file_info: dict, dest_dir: str) -> str:
         """Fetch one output file through /view into dest_dir; return its path."""
-        query = urllib.parse.urlencode({k: file_info.get(k, "") for k in ("filename", "subfolder", "type")})
         os.makedirs(dest_dir, exist_ok=True)
         path = os.path.join(dest_dir, os.path.basename(file_info["filename"]))
-        with self._open("/view?" + query) as response, open(path, "wb") as f:
-            f.write(response.read())
+        data = self.fetch(file_info)
+        with open(path, "wb") as f:
+            f.write(data)
         return path
+
+    def fetch(self, file_info: dict) -> bytes:
+        """The bytes of one output file, through /view."""
+        query = urllib.parse.urlencode({k: file_info.get(k, "") for k in ("filename", "subfolder", "type")})
+        with self._open("/view?" + query) as response:
+            return response.read()
 
     def run(self, prompt: dict, out_dir: str | None = None, timeout: float = 3600.0, progress: bool = True) -> RunResult:
         """Queue a prompt, wait for it, and download its images (and other files) into out_dir."""
