@@ -131,10 +131,11 @@ class Runner:
         for cell, _, _ in in_flight.values():
             self.requeue(cell)
         abandoned = list(in_flight)
+        ids = " ".join(cell.id for cell, _, _ in in_flight.values())
         for prompt_id in abandoned:
             self.pending.pop(prompt_id, None)
         in_flight.clear()
-        self.log(f"server {url} stopped answering; its {len(abandoned)} cell(s) in flight go to the other servers")
+        self.log(f"server {url} stopped answering; its {len(abandoned)} cell(s) in flight go to the other servers: {ids}")
         return abandoned
 
     def wait_until_back(self, client: ComfyClient, abandoned: list[str]) -> bool:
@@ -218,7 +219,7 @@ class Runner:
             row = self.recorder.save(cell, files, meta)
         except Exception as e:  # a server gone before its files came, an unreadable file, a full disk
             if not self.reachable(client):
-                self.log(f"cell {cell.label}: {client.url} went away before its files came; running it again")
+                self.log(f"cell {cell.id} ({cell.label}): {client.url} went away before its files came; running it again")
                 self.requeue(cell)
             else:
                 self.cell_failed(cell, client.url, f"{type(e).__name__}: {e}")
