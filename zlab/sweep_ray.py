@@ -72,11 +72,28 @@ def start_workers(ray, args) -> list:
     return workers
 
 
-def worker_infos(ray, workers, log) -> list[dict]:
-    """Each worker's info once its server answers (Ray's placement decides the node)."""
-    infos = ray.get([w.info.remote() for w in workers])
-    for info in infos:
-        log(f"worker {info['name']} on node {info['node']}: ComfyUI {info['url']} (pid {info['pid']})")
+def worker_infos(ray, workers, log, grace: float = 60.0) -> dict[int, dict]:
+    """Each started worker's info, once its server answers: waits for the first, then up to ``grace`` seconds
+    for the rest; workers Ray cannot place yet (no free GPU) or still starting join the sweep later."""
+    refs = {w.info.remote(): i for i, w in enumerate(workers)}
+    pending, infos, errors = list(refs), {}, []
+    deadline = None
+    while pending and (deadline is None or time.monotonic() < deadline):
+        ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+        for ref in ready:
+            try:
+                infos[refs[ref]] = info = ray.get(ref)
+                log(f"worker {info['name']} on node {info['node']}: ComfyUI {info['url']} (pid {info['pid']})")
+            except ray.exceptions.RayError as e:
+                errors.append(str(e).strip().splitlines()[-1])
+        if infos and deadline is None:
+            deadline = time.monotonic() + grace
+        if not pending and not infos:
+            break
+    if not infos:
+        raise SweepError("no Ray worker could start its ComfyUI server: " + "; ".join(errors))
+    for i in sorted(set(range(len(workers))) - set(infos)):
+        log(f"worker w{i} is not up yet (waiting for a GPU or its server): it joins when it answers")
     return infos
 
 
@@ -103,15 +120,16 @@ class RayRunner:
     """Hands cells to the workers (``per_server`` in flight each) and records each result as it streams back."""
 
     def __init__(self, ray, spec: Spec, base: dict, workers: list, names: list[str], out_dir: Path,
-                 per_server: int = 3, timeout: float = 3600.0, give_up: float = 600.0, log=print):
+                 per_server: int = 3, timeout: float = 3600.0, give_up: float = 600.0, up: set[int] | None = None,
+                 log=print):
         self.ray, self.spec, self.base, self.workers, self.names = ray, spec, base, workers, names
         self.per_server, self.timeout, self.give_up, self.log = per_server, timeout, give_up, log
         self.results = Results(out_dir)
         self.recorder = Recorder(spec, out_dir, self.results, log)
         self.failures = CellFailures(len(workers))
         self.failed: list[tuple[Cell, str]] = []
-        self.up = set(range(len(workers)))
-        self.busy = {i: 0 for i in self.up}
+        self.up = set(range(len(workers))) if up is None else set(up)
+        self.busy = {i: 0 for i in range(len(workers))}
         self.futures: dict = {}  # ObjectRef -> (cell, worker index)
         self.probes: dict = {}  # ObjectRef -> worker index
         self.last_probe: dict[int, float] = {}
@@ -182,7 +200,8 @@ class RayRunner:
             if back and i not in self.up:
                 self.up.add(i)
                 info = self.ray.get(self.workers[i].info.remote())
-                self.log(f"worker {self.names[i]} is back in rotation: ComfyUI {info['url']} (pid {info['pid']})")
+                self.log(f"worker {self.names[i]} on node {info['node']} is in rotation: ComfyUI {info['url']} "
+                         f"(pid {info['pid']})")
             return
         cell, i = self.futures.pop(ref)
         self.busy[i] -= 1
@@ -254,7 +273,8 @@ def main(args, spec: Spec, workflow: str) -> int:
     workers = start_workers(ray, args)
     try:
         infos = worker_infos(ray, workers, print)
-        object_info = ray.get(workers[0].object_info.remote())
+        first = workers[min(infos)]
+        object_info = ray.get(first.object_info.remote())
 
         class SchemaClient:  # what load_workflow needs to convert a UI-format workflow
             def object_info(self):
@@ -264,14 +284,15 @@ def main(args, spec: Spec, workflow: str) -> int:
         if prepared is None:
             return 0
         base, all_cells = prepared
-        for info, missing in zip(infos, ray.get([w.missing_node_types.remote(base) for w in workers])):
+        for info, missing in zip(infos.values(), ray.get([workers[i].missing_node_types.remote(base) for i in infos])):
             if missing:
                 raise SweepError(f"the server of Ray worker {info['name']} ({info['node']}) lacks node types {missing}")
-        setup = sweep.setup_record([], [(i["url"], i["system_stats"]) for i in infos])
-        setup["ray"] = {"address": args.ray or "local", "workers": [{k: i[k] for k in ("name", "node", "url")} for i in infos]}
+        setup = sweep.setup_record([], [(i["url"], i["system_stats"]) for i in infos.values()])
+        setup["ray"] = {"address": args.ray or "local",
+                        "workers": [{k: i[k] for k in ("name", "node", "url")} for i in infos.values()]}
         out_dir = sweep.open_out_dir(spec, workflow, args, base, setup)
-        runner = RayRunner(ray, spec, base, workers, [i["name"] for i in infos], out_dir, per_server=args.per_server,
-                           timeout=args.timeout, give_up=args.give_up)
+        runner = RayRunner(ray, spec, base, workers, [f"w{i}" for i in range(len(workers))], out_dir,
+                           per_server=args.per_server, timeout=args.timeout, give_up=args.give_up, up=set(infos))
         return sweep.run_and_report(spec, workflow, all_cells, runner, out_dir)
     finally:
         stop_workers(ray, workers)

@@ -251,3 +251,18 @@ def test_ray_a_worker_whose_server_is_killed_has_its_cells_redone_elsewhere(ray_
     time.sleep(1)
     servers_left = subprocess.run(["pgrep", "-f", os.path.join(ray_cluster["root"], "servers")], capture_output=True)
     assert servers_left.stdout == b""  # the workers ended the servers they started
+
+
+def test_ray_a_cell_that_fails_on_two_workers_is_recorded_failed(ray_cluster, lab, comfyui_path, tmp_path, repo):
+    spec = {"name": "one_bad_ray", "params": {"Z-Image Sampler.steps": [2, "x"]}, "seeds": [1]}
+    workflow, spec_path = files(lab, tmp_path, spec)
+    out = tmp_path / "out"
+    proc = subprocess.run(ray_command(spec_path, workflow, out, ray_cluster, lab, comfyui_path,
+                                      extra=["--per-server", "1"]), cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["params"]["Z-Image Sampler.steps"] for r in lines if r["status"] == "ok"] == [2]
+    (bad,) = [r for r in lines if r["status"] == "error"]
+    assert bad["params"]["Z-Image Sampler.steps"] == "x"
+    assert "w0" in bad["error"] and "w1" in bad["error"]  # tried once on each worker, then given up
+    assert "trying it on another worker" in proc.stdout and "1 cells failed" in proc.stderr
