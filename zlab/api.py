@@ -12,8 +12,16 @@ import uuid
 from dataclasses import dataclass, field
 
 
+class ServerUnreachable(Exception):
+    """Mixin of the ComfyError raised when the server did not answer (refused, reset or timed out)."""
+
+
 class ComfyError(RuntimeError):
     """Anything that stops a workflow from running, with a message meant for a person."""
+
+
+class UnreachableError(ComfyError, ServerUnreachable):
+    """The server did not answer: a server problem, never a fault of the prompt."""
 
 
 def format_validation_error(body: dict) -> str:
@@ -60,7 +68,7 @@ class ComfyClient:
             raise
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise ComfyError(f"cannot reach ComfyUI at {self.url} ({reason}). Is the server running? "
+            raise UnreachableError(f"cannot reach ComfyUI at {self.url} ({reason}). Is the server running? "
                              "Start it with `python main.py --listen 127.0.0.1 --port 8188` or pass --server URL.") from None
 
     def get_json(self, path: str):

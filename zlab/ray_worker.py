@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .api import ComfyClient, ComfyError
+from .api import ComfyClient, ComfyError, ServerUnreachable
 from .sweep_outputs import execution_seconds, fetch_outputs
 
 POLL_S = 0.1
@@ -96,10 +96,10 @@ class ComfyWorker:
                 "pid": self.process.pid if self.process else None, "system_stats": self.client.get_json("/system_stats")}
 
     def object_info(self) -> dict:
-        return self.client.object_info()
+        return ComfyClient(self.url, timeout=max(self.timeout, 300)).object_info()
 
     def missing_node_types(self, prompt: dict) -> list[str]:
-        return sorted(self.client.missing_node_types(prompt))
+        return sorted(ComfyClient(self.url, timeout=max(self.timeout, 300)).missing_node_types(prompt))
 
     def healthy(self) -> bool:
         """True when the server answers (ends this actor when the server it started has died)."""
@@ -125,7 +125,7 @@ class ComfyWorker:
                 return {"status": "error", "error": entry, "server": self.url}
             files = fetch_outputs(self.client, entry.get("outputs", {}))
         except Exception as e:
-            if self.healthy():  # the server answers: the prompt itself failed (e.g. rejected by validation)
+            if not isinstance(e, (ServerUnreachable, OSError)) and self.healthy():  # the prompt itself failed
                 return {"status": "error", "error": str(e), "server": self.url}
             return {"status": "gone", "error": str(e), "server": self.url}
         return {"status": "ok", "files": files, "server": self.url, "worker": self.name, "prompt_id": prompt_id,

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .api import ComfyClient, ComfyError
+from .api import ComfyClient, ComfyError, ServerUnreachable
 from .sweep_outputs import CellFailures, Recorder, Results, execution_seconds, fetch_outputs
 from .sweep_spec import Cell, Spec, SweepError, build_prompt
 
@@ -170,9 +170,11 @@ class Runner:
         try:
             prompt_id = client.queue(build_prompt(self.base, self.spec, cell))
         except ComfyError as e:
-            if not self.reachable(client):
-                self.todo.put(cell)
-                raise ServerGone(client.url) from None
+            if isinstance(e, ServerUnreachable) or not self.reachable(client):
+                self.todo.put(cell)  # a server problem, not the cell's: it runs again, here or elsewhere
+                if not self.reachable(client):
+                    raise ServerGone(client.url) from None
+                return False
             self.cell_failed(cell, client.url, str(e))
             return True
         in_flight[prompt_id] = (cell, start, round(time.time(), 3))
@@ -218,8 +220,8 @@ class Runner:
                     "wall_seconds": round(wall, 3), "queued_at": queued_at}
             row = self.recorder.save(cell, files, meta)
         except Exception as e:  # a server gone before its files came, an unreadable file, a full disk
-            if not self.reachable(client):
-                self.log(f"cell {cell.id} ({cell.label}): {client.url} went away before its files came; running it again")
+            if isinstance(e, (ServerUnreachable, OSError)) or not self.reachable(client):
+                self.log(f"cell {cell.id} ({cell.label}): {client.url} did not answer for its files; running it again")
                 self.requeue(cell)
             else:
                 self.cell_failed(cell, client.url, f"{type(e).__name__}: {e}")
