@@ -134,7 +134,7 @@ class RayRunner:
         self.probes: dict = {}  # ObjectRef -> worker index
         self.last_probe: dict[int, float] = {}
         self.finished = self.retried = 0
-        self.lost: list[str] = []  # "worker: cell ids" of every worker that went down, for the log
+        self.lost_on: dict[str, int] = {}  # cell id -> the worker it was last taken back from
 
     def run(self, all_cells: list[Cell]) -> None:
         self.todo = deque(c for c in all_cells if not self.results.done(c))
@@ -176,6 +176,8 @@ class RayRunner:
     def next_cell(self, i: int) -> Cell | None:
         """The first waiting cell that has not failed on worker i."""
         for n, cell in enumerate(self.todo):
+            if self.lost_on.get(cell.id) == i and len(self.up) > 1:
+                continue  # taken back from this worker: another one runs it
             if not self.failures.tried(cell, self.names[i]):
                 del self.todo[n]
                 return cell
@@ -223,6 +225,7 @@ class RayRunner:
             self.last_probe[i] = time.monotonic()
             self.log(f"worker {self.names[i]} stopped answering ({why}); its cells go to the other workers")
         self.retried += 1
+        self.lost_on[cell.id] = i
         self.todo.appendleft(cell)
         self.log(f"cell {cell.id} ({cell.label}) lost on worker {self.names[i]}: running it again elsewhere")
 
