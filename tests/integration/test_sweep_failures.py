@@ -146,7 +146,7 @@ def test_http_a_server_that_stops_answering_comes_back_into_rotation(lab, spare,
                           extra=["--per-server", "1", "--server-timeout", "5"]), repo)
     try:
         sweep.wait_for(lambda: len(ok_rows(out)) >= 1)
-        for s in (spare.process.pid, lab.process.pid):
+        for s in (spare.process.pid, lab.server.process.pid):
             os.kill(s, signal.SIGSTOP)  # alive but silent, as hung servers
         sweep.wait_for(lambda: all(f"server {u} stopped answering" in sweep.text() for u in (lab.url, spare.url)))
         done_before = len(ok_rows(out))
@@ -155,7 +155,7 @@ def test_http_a_server_that_stops_answering_comes_back_into_rotation(lab, spare,
         sweep.wait_for(lambda: any(r["server"] == spare.url and r["queued_at"] > resumed for r in ok_rows(out)))
     finally:
         os.kill(spare.process.pid, signal.SIGCONT)
-        os.kill(lab.process.pid, signal.SIGCONT)
+        os.kill(lab.server.process.pid, signal.SIGCONT)
     assert sweep.finish() == 0, sweep.text()
     rows = check_one_row_per_cell(out)
     assert f"server {spare.url} answers again: back in rotation" in sweep.text()
@@ -229,7 +229,7 @@ def test_ray_a_worker_whose_server_is_killed_has_its_cells_redone_elsewhere(ray_
     sweep = Sweep(ray_command(http_kill_run["spec"], http_kill_run["workflow"], out, ray_cluster, lab, comfyui_path,
                               extra=["--per-server", "2", "--server-timeout", "10"]), repo)
     started = re.compile(r"worker (w\d) on node .*: ComfyUI (\S+) \(pid (\d+)\)")
-    sweep.wait_for(lambda: len([m for m in map(started.search, sweep.lines) if m]) == 2 and len(ok_rows(out)) >= 2)
+    sweep.wait_for(lambda: len({m.group(1) for m in map(started.search, sweep.lines) if m}) == 2 and len(ok_rows(out)) >= 2)
     workers = {m.group(1): (m.group(2), int(m.group(3))) for m in map(started.search, sweep.lines) if m}
     os.kill(workers["w1"][1], signal.SIGKILL)  # the ComfyUI server that Ray worker w1 owns
     killed_at = time.time()
