@@ -12,8 +12,16 @@ import uuid
 from dataclasses import dataclass, field
 
 
+class ServerUnreachable(Exception):
+    """Mixin of the ComfyError raised when the server did not answer (refused, reset or timed out)."""
+
+
 class ComfyError(RuntimeError):
     """Anything that stops a workflow from running, with a message meant for a person."""
+
+
+class UnreachableError(ComfyError, ServerUnreachable):
+    """The server did not answer: a server problem, never a fault of the prompt."""
 
 
 def format_validation_error(body: dict) -> str:
@@ -60,7 +68,7 @@ class ComfyClient:
             raise
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise ComfyError(f"cannot reach ComfyUI at {self.url} ({reason}). Is the server running? "
+            raise UnreachableError(f"cannot reach ComfyUI at {self.url} ({reason}). Is the server running? "
                              "Start it with `python main.py --listen 127.0.0.1 --port 8188` or pass --server URL.") from None
 
     def get_json(self, path: str):
@@ -166,12 +174,18 @@ class ComfyClient:
 
     def download(self, file_info: dict, dest_dir: str) -> str:
         """Fetch one output file through /view into dest_dir; return its path."""
-        query = urllib.parse.urlencode({k: file_info.get(k, "") for k in ("filename", "subfolder", "type")})
         os.makedirs(dest_dir, exist_ok=True)
         path = os.path.join(dest_dir, os.path.basename(file_info["filename"]))
-        with self._open("/view?" + query) as response, open(path, "wb") as f:
-            f.write(response.read())
+        data = self.fetch(file_info)
+        with open(path, "wb") as f:
+            f.write(data)
         return path
+
+    def fetch(self, file_info: dict) -> bytes:
+        """The bytes of one output file, through /view."""
+        query = urllib.parse.urlencode({k: file_info.get(k, "") for k in ("filename", "subfolder", "type")})
+        with self._open("/view?" + query) as response:
+            return response.read()
 
     def run(self, prompt: dict, out_dir: str | None = None, timeout: float = 3600.0, progress: bool = True) -> RunResult:
         """Queue a prompt, wait for it, and download its images (and other files) into out_dir."""

@@ -3,7 +3,6 @@
 import csv
 import json
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -11,47 +10,13 @@ import pytest
 from PIL import Image
 
 import harness
+from sweep_fixtures import command, files, ok_rows
 
 pytestmark = pytest.mark.integration
 
 SPEC = {"name": "tiny_shift_steps", "mode": "grid",
         "params": {"Z-Image Sampler.shift": [1.0, 3.0], "Z-Image Sampler.steps": [2, 3]},
         "seeds": [1, 2], "reference": {"Z-Image Sampler.shift": 3.0, "Z-Image Sampler.steps": 3}}
-
-
-def files(lab, tmp_path, spec=SPEC, ui=False):
-    api = lab.workflow("zimage_turbo_lab.json")
-    if ui:
-        from zlab import workflow as wf
-
-        api = wf.api_to_ui(api, lab.client.object_info())
-    workflow = tmp_path / ("tiny_ui.json" if ui else "tiny.json")
-    workflow.write_text(json.dumps(api))
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    return workflow, spec_path
-
-
-def command(spec_path, workflow, out, *servers, extra=()):
-    args = [sys.executable, "-m", "zlab", "sweep", str(spec_path), "--workflow", str(workflow), "--out", str(out)]
-    for url in servers:
-        args += ["--server", url]
-    return args + list(extra)
-
-
-def ok_rows(out):
-    path = out / "results.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if row.get("status") == "ok":
-            rows.append(row)
-    return rows
 
 
 @pytest.fixture
@@ -68,7 +33,7 @@ def second_server(lab, comfyui_path, tmp_path):
 
 
 def test_sweep_resumes_after_a_kill_without_duplicates_on_two_servers(lab, second_server, tmp_path, repo):
-    workflow, spec_path = files(lab, tmp_path)
+    workflow, spec_path = files(lab, tmp_path, SPEC)
     out = tmp_path / "out"
     first = subprocess.Popen(command(spec_path, workflow, out, lab.url, extra=["--per-server", "1"]), cwd=repo,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -156,7 +121,7 @@ def test_ui_format_workflow_is_converted_with_the_servers_schema(lab, tmp_path, 
 
 
 def test_clear_errors(lab, tmp_path, repo):
-    workflow, _ = files(lab, tmp_path)
+    workflow, _ = files(lab, tmp_path, SPEC)
 
     def run(spec, *servers, extra=()):
         path = tmp_path / "bad_spec.json"
