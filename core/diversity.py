@@ -325,3 +325,38 @@ if __name__ == "__main__":
         extra = (f"lpips_{args.lpips}", lambda images: lpips_diversity(model, images, args.size))
     for row in sweep_diversity(args.out_dir, args.size, args.bins, extra):
         print(", ".join(f"{k} {v}" for k, v in row.items()))
+
+
+# ------------------------------------------------------------------------- paired seed comparison
+
+
+def distance_matrix(batch: torch.Tensor, pool: int = 1) -> np.ndarray:
+    """[N, N] RMSE between the rows of a [N, C, H, W] batch, after `pool` x `pool` average pooling (low frequencies)."""
+    x = batch.double()
+    if pool > 1:
+        x = F.avg_pool2d(x, pool)
+    x = x.flatten(1)
+    return (torch.cdist(x, x) / math.sqrt(x.shape[1])).numpy()
+
+
+def off_diagonal_mean(matrix: np.ndarray, index: np.ndarray) -> float:
+    """Mean of matrix[index_i, index_j] over pairs i < j drawing two different items."""
+    sub = matrix[np.ix_(index, index)]
+    distinct = index[:, None] != index[None, :]
+    upper = np.triu(np.ones_like(sub, dtype=bool), 1) & distinct
+    return float(sub[upper].mean())
+
+
+def paired_bootstrap(base: np.ndarray, other: np.ndarray, rounds: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Mean pairwise distance of `other` minus `base` (same seeds, [N, N] matrices) with a bootstrap interval over seeds."""
+    if base.shape != other.shape or base.ndim != 2 or base.shape[0] < 3:
+        raise ValueError(f"matrices {base.shape} and {other.shape}: give two [N, N] matrices of the same N >= 3 seeds")
+    n = base.shape[0]
+    diff = other - base
+    everyone = np.arange(n)
+    rng = np.random.default_rng(seed)
+    draws = [off_diagonal_mean(diff, rng.integers(0, n, n)) for _ in range(rounds)]
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return {"base": off_diagonal_mean(base, everyone), "other": off_diagonal_mean(other, everyone),
+            "difference": off_diagonal_mean(diff, everyone), "low": float(low), "high": float(high), "seeds": n}

@@ -157,3 +157,28 @@ def test_sweep_diversity_groups_seeds_per_setting(tmp_path):
     assert by[("Caption Noise", 1.0)]["pixel_rmse"] == 1.0 and by[("Caption Noise", 1.0)]["seeds"] == 2
     assert (tmp_path / "diversity.csv").read_text().startswith("technique,strength,seeds")
     assert (tmp_path / "diversity_vs_strength.png").is_file()
+
+
+def test_distance_matrix_by_hand_and_low_frequency_pooling():
+    b = torch.tensor([[[1.0, -1.0], [1.0, -1.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    batch = torch.stack([torch.zeros(2, 2, 2), b])
+    full = d.distance_matrix(batch)
+    assert full[0, 1] == pytest.approx(math.sqrt((4 * 1 + 4 * 4) / 8))  # (1,-1,1,-1, 2,2,2,2)
+    pooled = d.distance_matrix(batch, pool=2)  # channel means: 0 and 2 -> RMSE over 2 values sqrt(4 / 2)
+    assert pooled[0, 1] == pytest.approx(math.sqrt(2.0))
+    assert full[1, 0] == full[0, 1] and full[0, 0] == 0
+
+
+def test_paired_bootstrap_by_hand():
+    rng = np.random.default_rng(1)
+    base = rng.random((6, 6))
+    base = base + base.T
+    shifted = base + 0.5
+    r = d.paired_bootstrap(base, shifted, rounds=200)
+    assert r["difference"] == pytest.approx(0.5) and r["low"] == pytest.approx(0.5) and r["high"] == pytest.approx(0.5)
+    assert r["base"] == pytest.approx(base[np.triu_indices(6, 1)].mean())
+    noisy = base + rng.normal(0, 1, (6, 6))
+    r = d.paired_bootstrap(base, (noisy + noisy.T) / 2, rounds=500)
+    assert r["low"] < r["difference"] < r["high"]
+    with pytest.raises(ValueError, match="same N"):
+        d.paired_bootstrap(base, base[:5, :5])

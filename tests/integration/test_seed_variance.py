@@ -6,7 +6,7 @@ import torch
 
 import comfy_inprocess as ci
 import harness
-from zlab import workflow as wf
+from core import diversity
 
 pytestmark = pytest.mark.integration
 
@@ -88,32 +88,62 @@ def test_structured_noise_at_zero_is_random_noise(lab):
     assert not torch.equal(stock, one)
 
 
-def _diversity(lab, api, images_node, baseline_node):
-    api[f"d_{images_node}"] = {"class_type": "ZImageLabSeedDiversity", "inputs": {
-        "images": [images_node, 0], "baseline": [baseline_node, 0], "size": 64, "bins": 16, "perceptual": "none"}}
+SPREAD_SEEDS = 16
+SPREAD = {  # technique: (strength, steps in the window, cfg) -- realistic settings, the whole short schedule
+    "caption_qwen3": (4.0, 2, 1.0), "caption_refined": (4.0, 2, 1.0), "initial": (1.0, None, 1.0),
+    "shift": (1.0, 2, 1.0), "guidance": (3.0, 2, 2.0)}
+# Measured on the tiny random models, see docs/seed_diversity.md: what the weights cannot show
+NOT_ON_RANDOM_WEIGHTS = {"caption_qwen3"}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "NOT YET SHOWN on the tiny random models (2 steps, 64 px, 4 rows): 1-SSIM vs stock 0.6856 -> caption qwen3 0.6866, "
-    "refined 0.6856, initial 0.6811, shift 0.6798; histogram 0.092 -> 0.088 / 0.089 / 0.071 / 0.126. Needs longer "
-    "schedules / other strengths, or real weights; see the report of issue 16."))
-def test_non_zero_strength_spreads_the_seeds_more_than_stock(lab):
-    api = _base(batch=4)
-    _sample(api, "stock", ["1", 0], save=False)
-    api["dec_stock"] = {"class_type": "VAEDecode", "inputs": {"samples": ["stock", 0], "vae": ["6", 0]}}
-    names = ("caption_qwen3", "caption_refined", "initial", "shift")
-    for name in names:
-        _sample(api, f"{name}_x", _technique(api, name, STRENGTH[name]), save=False)
-        api[f"dec_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{name}_x", 0], "vae": ["6", 0]}}
-        _diversity(lab, api, f"dec_{name}", "dec_stock")
-    result = lab.run(api)
-    for name in names:
-        info = result.outputs[f"d_dec_{name}"]["diversity"][0]
-        # structure (1 - SSIM) is the claim; the colour histogram is not: on the tiny random model caption noise
-        # measured 0.088 against stock's 0.092 (docs/seed_diversity.md)
-    for name in names:
-        info = result.outputs[f"d_dec_{name}"]["diversity"][0]
-        assert info["images"]["ssim"] > info["baseline"]["ssim"], (name, info)
+def _spread_graph(name, strength, steps, cfg):
+    api = _base(batch=SPREAD_SEEDS)
+    _sample(api, "stock", ["1", 0])
+    changes = {} if steps is None else {"steps": steps}
+    _sample(api, "x", _technique(api, name, strength, **changes))
+    api["neg"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["3", 0]}}
+    for nid in ("stock", "x"):
+        api[nid]["inputs"].update(cfg=cfg, **({"negative": ["neg", 0]} if cfg != 1.0 else {}))
+        api[f"d{nid}"] = {"class_type": "VAEDecode", "inputs": {"samples": [nid, 0], "vae": ["6", 0]}}
+        api[f"i{nid}"] = {"class_type": "SaveImage", "inputs": {"images": [f"d{nid}", 0], "filename_prefix": f"t/sp_{name}"}}
+    return api
+
+
+def _images(lab, result, nid):
+    return torch.stack([torch.from_numpy(a[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+                        for a in lab.images(result, nid)])
+
+
+GUIDANCE_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "NOT DIAGNOSED: at cfg 2 with a zeroed negative the guidance mode's spread measured exactly 0.0 (the same latents "
+    "as stock's), though strength 3 changes the latent at cfg 1 in test_strength_zero_is_stock..."))
+
+
+@pytest.mark.parametrize("name", [pytest.param("guidance", marks=GUIDANCE_XFAIL) if n == "guidance" else
+                                  pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
+    "caption noise does not spread the seeds of the tiny RANDOM DiT by these measures: its output norm is set by "
+    "normalised random activations, so caption noise re-orients each seed's result instead of adding variance "
+    "(per-seed change RMS 0.5-0.7 vs pairwise 4.7, pairwise distance unchanged); see docs/seed_diversity.md")))
+    if n in NOT_ON_RANDOM_WEIGHTS else n for n in SPREAD])
+def test_non_zero_strength_spreads_the_seeds_more_than_stock(lab, name):
+    """Same 16 seeds, stock vs technique: the mean pairwise distance grows, its 95% bootstrap interval over seeds above 0.
+
+    The asserted measure (weight-free): RMSE of the final latents (the last step's x0 prediction) after 4x4 average
+    pooling -- the low frequencies, where the composition lives. The margin is the bootstrap interval, not a tuned
+    number. Pixel RMSE of the decoded images at 16 px is printed, not asserted: the tiny TAESD is random, its images
+    are its own texture (measured: stock 0.090, initial 0.092 with the interval across 0, docs/seed_diversity.md).
+    """
+    strength, steps, cfg = SPREAD[name]
+    result = lab.run(_spread_graph(name, strength, steps, cfg))
+    (stock,), (varied,) = lab.latents(result, "sstock"), lab.latents(result, "sx")
+    images = {k: diversity.downscale(_images(lab, result, f"i{k}"), 16) for k in ("stock", "x")}
+    measured = {
+        "latent_low": diversity.paired_bootstrap(diversity.distance_matrix(stock, 4), diversity.distance_matrix(varied, 4)),
+        "pixels_16": diversity.paired_bootstrap(diversity.distance_matrix(images["stock"]),
+                                                diversity.distance_matrix(images["x"])),
+    }
+    print(name, {k: {m: round(v, 4) for m, v in r.items()} for k, r in measured.items()})
+    assert measured["latent_low"]["low"] > 0, (name, measured)
 
 
 @pytest.fixture(scope="module")
