@@ -134,7 +134,9 @@ def patch_early_steps(model, mode, strength, steps, seed):
             denoised, uncond = args["denoised"], args.get("uncond_denoised")
             if strength == 0 or uncond is None:
                 return denoised
-            options = args["model_options"].get("transformer_options", {})
+            # "sigmas" lives only in the per-call copy of transformer_options (comfy/samplers.py _calc_cond_batch),
+            # not in model_options: take this step's sigma from the post-cfg args (0.18.1, 0.30.2)
+            options = {**args["model_options"].get("transformer_options", {}), "sigmas": args["sigma"]}
             cond = args["cond_denoised"]
             seeds = row_seeds(salt, {**options, "cond_or_uncond": [0]}, seed, denoised.shape[0])
             scales = core.guidance_scales(seeds, float(args["cond_scale"]), strength).to(denoised.device, denoised.dtype)

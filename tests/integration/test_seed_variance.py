@@ -114,13 +114,7 @@ def _images(lab, result, nid):
                         for a in lab.images(result, nid)])
 
 
-GUIDANCE_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "NOT DIAGNOSED: at cfg 2 with a zeroed negative the guidance mode's spread measured exactly 0.0 (the same latents "
-    "as stock's), though strength 3 changes the latent at cfg 1 in test_strength_zero_is_stock..."))
-
-
-@pytest.mark.parametrize("name", [pytest.param("guidance", marks=GUIDANCE_XFAIL) if n == "guidance" else
-                                  pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
     "caption noise does not spread the seeds of the tiny RANDOM DiT by these measures: its output norm is set by "
     "normalised random activations, so caption noise re-orients each seed's result instead of adding variance "
     "(per-seed change RMS 0.5-0.7 vs pairwise 4.7, pairwise distance unchanged); see docs/seed_diversity.md")))
