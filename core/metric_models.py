@@ -168,15 +168,15 @@ def load_pickscore(folder: str) -> Scorer:
 
 
 @torch.no_grad()
-def hf_embeddings(scorer: Scorer, images, texts, **text_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected image and text embeddings, one text per image (texts encoded once each)."""
+def hf_embeddings(scorer: Scorer, images, texts, mask=True, **text_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected image and text embeddings, one text per image (texts encoded once each); mask: pass attention_mask."""
     arrays = to_uint8_list(images)
     texts = pair_texts(texts, len(arrays))
     unique = sorted(set(texts))
     device = scorer.device
     pixels = scorer.preprocess(images=arrays, return_tensors="pt")["pixel_values"].to(device)
     tokens = scorer.preprocess(text=unique, return_tensors="pt", **text_kwargs)
-    tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+    tokens = {k: v.to(device) for k, v in tokens.items() if k == "input_ids" or (mask and k == "attention_mask")}
     image_emb = pooled(scorer.model.get_image_features(pixel_values=pixels))
     text_emb = pooled(scorer.model.get_text_features(**tokens))
     index = torch.tensor([unique.index(t) for t in texts], device=device)
@@ -190,9 +190,10 @@ def clip_score(scorer: Scorer, images, texts) -> torch.Tensor:
 
 
 def siglip_score(scorer: Scorer, images, texts) -> torch.Tensor:
-    """SigLIP cosine similarity per image (text padded to max_length, as SigLIP was trained)."""
+    """SigLIP cosine similarity per image (text padded to max_length with no attention mask, as SigLIP was trained:
+    big_vision / open_clip attend to the padding, open_clip issue 984)."""
     length = scorer.model.config.text_config.max_position_embeddings
-    image_emb, text_emb = hf_embeddings(scorer, images, texts, padding="max_length", max_length=length,
+    image_emb, text_emb = hf_embeddings(scorer, images, texts, mask=False, padding="max_length", max_length=length,
                                         truncation=True)
     return cosine_pairs(image_emb, text_emb)
 

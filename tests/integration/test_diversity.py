@@ -111,9 +111,7 @@ def _hand_fidelity(folder, kind):
 
 
 @pytest.mark.parametrize("model,key", [("clip/tiny-clip-fid", "fidelity_clip_score"),
-                                       pytest.param("siglip/tiny-siglip-fid", "fidelity_siglip", marks=pytest.mark.xfail(
-                                           strict=True, reason="NOT RECONCILED: node 0.1147 vs hand 0.0574 (hand passes "
-                                           "no attention_mask; the shared scorer does) -- to diagnose"))])
+                                       ("siglip/tiny-siglip-fid", "fidelity_siglip")])
 def test_fidelity_through_the_shared_loaders_equals_a_hand_computed_score(lab, fidelity_models, model, key):
     api = {}
     images = _colour_batch(api)
