@@ -112,3 +112,30 @@ def test_inspector_lists_keys_that_will_not_load(lab, files):
     assert "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight: text-encoder key" in text
     report = result.outputs["2"]["text"][0]
     assert "3 file keys not loaded" in report and "layers.40" in report, report
+
+
+ZEROED_BY_PRESET = {  # which of lora_layouts.BLOCKS each preset sets to strength 0 (read off the preset's meaning)
+    "refiners only": {"layers.2", "layers.29"},
+    "context refiner only": {"noise_refiner.0", "layers.2", "layers.29"},
+    "noise refiner only": {"context_refiner.1", "layers.2", "layers.29"},
+    "main layers only": {"context_refiner.1", "noise_refiner.0"},
+    "layers 0-9 (early)": {"context_refiner.1", "noise_refiner.0", "layers.29"},
+    "layers 10-19 (middle)": {"context_refiner.1", "noise_refiner.0", "layers.2", "layers.29"},
+    "no refiners": {"context_refiner.1", "noise_refiner.0"},
+}
+
+
+@pytest.mark.parametrize("preset", list(ZEROED_BY_PRESET))
+def test_every_block_preset_patches_only_its_blocks(lab, base_weights, files, preset):
+    """ai-toolkit's split q/k/v onto the fused qkv, each preset: exactly the kept blocks change, by the formula."""
+    name, deltas = files["ai-toolkit"]
+    multipliers = {b: 0.0 for b in ZEROED_BY_PRESET[preset]}
+    kept = [b for b in lora_layouts.BLOCKS if b not in multipliers]
+    if not kept:  # the preset leaves none of the file's blocks: refused before patching, saying so
+        from zlab.api import ComfyError
+        with pytest.raises(ComfyError, match="nothing to apply"):
+            load(lab, name, "fmt/preset_none", 0.9, preset=preset)
+        return
+    got, _ = load(lab, name, f"fmt/preset_{len(multipliers)}_{sorted(multipliers)[0][:3]}_{preset[:4]}", 0.9, preset=preset)
+    changed = assert_exact_change(got, lora_layouts.expected(base_weights, deltas, 0.9, multipliers), base_weights)
+    assert sorted({".".join(k.split(".")[:2]) for k in changed}) == sorted(kept)
