@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .api import ComfyClient, ComfyError, ServerUnreachable
+from .server_score import read_scores
 from .sweep_outputs import execution_seconds, fetch_outputs
 
 POLL_S = 0.1
@@ -130,7 +131,7 @@ class ComfyWorker:
             return {"status": "gone", "error": str(e), "server": self.url}
         return {"status": "ok", "files": files, "server": self.url, "worker": self.name, "prompt_id": prompt_id,
                 "seconds": execution_seconds(entry), "wall_seconds": round(time.monotonic() - start, 3),
-                "queued_at": queued_at}
+                "queued_at": queued_at, "scores": read_scores(entry.get("outputs", {}))}
 
     def wait(self, prompt_id: str, start: float, timeout: float) -> dict | str:
         """The prompt's history entry once it ended, or its error message."""

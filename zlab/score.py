@@ -101,11 +101,17 @@ def score(out_dir, metrics: list[str], models: str, prompt: str | None = None, p
     if wanted:
         prompts = cell_prompts(sweep, prompt_input, prompt)
     for name in wanted:
+        for r in rows:  # scored on the server during the sweep: kept, not recomputed
+            if name in r:
+                doc["cells"].setdefault(r["cell"], {})[name] = r[name]
+        todo = [r for r in rows if name not in r]
+        if not todo:
+            continue
         folder, loader, fn = PROMPT_METRICS[name]
         module = core_module("image_reward") if name == "image_reward" else mm
         scorer = getattr(module, loader)(model_path(models, folder)).to(device)
-        for start in range(0, len(rows), 8):
-            batch = rows[start:start + 8]
+        for start in range(0, len(todo), 8):
+            batch = todo[start:start + 8]
             values = getattr(module, fn)(scorer, load_images(sweep, batch), [prompts[r["cell"]] for r in batch])
             for r, v in zip(batch, values.tolist()):
                 doc["cells"].setdefault(r["cell"], {})[name] = v

@@ -16,7 +16,19 @@ from pathlib import Path
 
 from .api import ComfyClient, ComfyError, ServerUnreachable
 from .sweep_outputs import CellFailures, Recorder, Results, execution_seconds, fetch_outputs
+from .server_score import ServerScoreError, add_scoring, plan, read_scores, score_models
 from .sweep_spec import Cell, Spec, SweepError, build_prompt
+
+
+def scoring_models(spec: Spec, client) -> dict[str, str]:
+    """metric -> server model for the spec's per-image metrics, checked before any cell runs."""
+    wanted = plan(spec.metrics)["server"]
+    if not wanted:
+        return {}
+    try:
+        return score_models(client.object_info(), wanted)
+    except ServerScoreError as e:
+        raise SweepError(f"{client.url}: {e}") from None
 
 
 class ServerGone(Exception):
@@ -51,6 +63,7 @@ class Runner:
         self.open = self.finished = self.retried = 0
         self.stopping = False
         self.pending: dict[str, tuple[ComfyClient, str]] = {}
+        self.scoring: dict[str, str] = {}
 
     def run(self, all_cells: list[Cell]) -> None:
         todo = [c for c in all_cells if not self.results.done(c)]
@@ -60,6 +73,7 @@ class Runner:
                  f"on {len(self.urls)} server(s)")
         if not todo:
             return
+        self.scoring = scoring_models(self.spec, ComfyClient(self.urls[0]))
         for cell in todo:
             self.todo.put(cell)
         with ThreadPoolExecutor(max(2, len(self.urls)), thread_name_prefix="sweep download") as downloads:
@@ -168,7 +182,7 @@ class Runner:
             return False
         start = time.monotonic()
         try:
-            prompt_id = client.queue(build_prompt(self.base, self.spec, cell))
+            prompt_id = client.queue(add_scoring(build_prompt(self.base, self.spec, cell), self.scoring))
         except ComfyError as e:
             if isinstance(e, ServerUnreachable) or not self.reachable(client):
                 self.todo.put(cell)  # a server problem, not the cell's: it runs again, here or elsewhere
@@ -218,6 +232,7 @@ class Runner:
             files = fetch_outputs(client, entry.get("outputs", {}))
             meta = {"server": client.url, "prompt_id": prompt_id, "seconds": execution_seconds(entry),
                     "wall_seconds": round(wall, 3), "queued_at": queued_at}
+            meta.update(read_scores(entry.get("outputs", {})))
             row = self.recorder.save(cell, files, meta)
         except Exception as e:  # a server gone before its files came, an unreadable file, a full disk
             if isinstance(e, (ServerUnreachable, OSError)) or not self.reachable(client):

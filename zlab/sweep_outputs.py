@@ -168,7 +168,8 @@ def reference_distances(spec: Spec, rows: dict[str, dict], out_dir: Path) -> Non
 
 def table_columns(spec: Spec, rows: list[dict]) -> list[str]:
     metric_names = [m for m in ("sharpness", "edge_density", "colourfulness", "reference_cell", "pixel_rmse",
-                                "pixel_mae", "psnr") if any(m in r for r in rows)]
+                                "pixel_mae", "psnr", "clip_score", "siglip", "pickscore", "hpsv2", "image_reward")
+                    if any(m in r for r in rows)]
     return (["cell", "label", "status", "seed"] + list(spec.params) +
             ["image", "files", "server", "prompt_id", "seconds", "wall_seconds"] + metric_names)
 

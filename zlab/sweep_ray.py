@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 
 from .sweep_outputs import CellFailures, Recorder, Results
+from .server_score import ServerScoreError, add_scoring, plan, score_models
 from .sweep_spec import REPO, Cell, Spec, SweepError, build_prompt
 
 PROBE_S = 2.0
@@ -135,6 +136,7 @@ class RayRunner:
         self.last_probe: dict[int, float] = {}
         self.finished = self.retried = 0
         self.lost_on: dict[str, int] = {}  # cell id -> the worker it was last taken back from
+        self.scoring: dict[str, str] = {}
 
     def run(self, all_cells: list[Cell]) -> None:
         self.todo = deque(c for c in all_cells if not self.results.done(c))
@@ -143,6 +145,7 @@ class RayRunner:
                  f"{self.total} to run on {len(self.workers)} Ray worker(s)")
         if not self.todo:
             return
+        self.scoring = self.scoring_models()
         progress = Progress(self.total, len(self.workers))
         all_down_since = None
         try:
@@ -162,6 +165,17 @@ class RayRunner:
         finally:
             progress.close()
 
+    def scoring_models(self) -> dict[str, str]:
+        """metric -> server model for the spec's per-image metrics, asked of a worker in rotation before any cell."""
+        wanted = plan(self.spec.metrics)["server"]
+        if not wanted:
+            return {}
+        i = min(self.up) if self.up else 0
+        try:
+            return score_models(self.ray.get(self.workers[i].object_info.remote()), wanted)
+        except ServerScoreError as e:
+            raise SweepError(f"Ray worker {self.names[i]}: {e}") from None
+
     def dispatch(self) -> None:
         """Give every worker in rotation cells until it has ``per_server`` in flight."""
         for i in sorted(self.up, key=lambda k: self.busy[k]):
@@ -169,7 +183,8 @@ class RayRunner:
                 cell = self.next_cell(i)
                 if cell is None:
                     break
-                ref = self.workers[i].run_cell.remote(build_prompt(self.base, self.spec, cell), self.timeout)
+                ref = self.workers[i].run_cell.remote(add_scoring(build_prompt(self.base, self.spec, cell), self.scoring),
+                                                      self.timeout)
                 self.futures[ref] = (cell, i)
                 self.busy[i] += 1
 
@@ -244,7 +259,8 @@ class RayRunner:
 
     def save(self, cell: Cell, i: int, result: dict) -> None:
         meta = {"server": result["server"], "prompt_id": result["prompt_id"], "seconds": result["seconds"],
-                "wall_seconds": result["wall_seconds"], "queued_at": result["queued_at"], "worker": self.names[i]}
+                "wall_seconds": result["wall_seconds"], "queued_at": result["queued_at"], "worker": self.names[i],
+                **result.get("scores", {})}
         try:
             row = self.recorder.save(cell, result["files"], meta)
         except Exception as e:  # an unreadable file, a full disk: record it and go on with the others

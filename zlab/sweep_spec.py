@@ -16,7 +16,7 @@ from .api import ComfyClient
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_KEYS = {"name", "description", "workflow", "mode", "params", "seeds", "seed_inputs", "fixed", "reference",
-             "edge_threshold"}
+             "edge_threshold", "metrics"}
 MODES = ("grid", "zip")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 RESULTS = "results.jsonl"
@@ -52,11 +52,13 @@ class Spec:
     reference: dict[str, object] | None = None
     edge_threshold: float = 0.5
     description: str = ""
+    metrics: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "workflow": self.workflow, "mode": self.mode,
                 "params": self.params, "seeds": self.seeds, "seed_inputs": self.seed_inputs, "fixed": self.fixed,
-                "reference": self.reference, "edge_threshold": self.edge_threshold}
+                "reference": self.reference, "edge_threshold": self.edge_threshold,
+                "metrics": self.metrics}
 
 
 def read_spec_file(path: str) -> dict:
@@ -173,7 +175,24 @@ def parse_spec(data: dict, source: str = "spec", base_dir: str | None = None) ->
     threshold = float(data.get("edge_threshold", 0.5))
     name = str(data.get("name") or Path(source).stem)
     return Spec(name=name, params=clean, seeds=seeds, mode=mode, workflow=workflow, seed_inputs=seed_inputs, fixed=fixed,
-                reference=reference, edge_threshold=threshold, description=str(data.get("description", "")))
+                reference=reference, edge_threshold=threshold, description=str(data.get("description", "")),
+                metrics=spec_metrics(data.get("metrics"), source))
+
+
+def spec_metrics(value, source: str) -> list[str]:
+    """The spec's ``metrics`` list (names checked by server_score.plan)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise SweepError(f"{source}: metrics must be a list of names, e.g. [clip_score, pickscore]")
+    from .server_score import ServerScoreError, plan
+    try:
+        plan(value)
+    except ServerScoreError as e:
+        raise SweepError(f"{source}: {e}") from None
+    return list(value)
 
 
 def load_spec(path: str) -> Spec:
