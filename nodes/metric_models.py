@@ -91,6 +91,12 @@ def cached(key: tuple, load) -> core.Scorer:
     return _loaded[key]
 
 
+def need_two(images, metric: str, hint: str = "") -> None:
+    """Refuse a batch of fewer than two images, naming the input and the metric."""
+    if images.shape[0] < 2:
+        raise ValueError(f"images holds {images.shape[0]} image: {metric} needs a batch of two or more{hint}")
+
+
 def table_outputs(rows: list[dict], title: str, cls):
     table = as_image_tensor(plain_metrics.table_image(rows, title))
     text = "\n".join(", ".join(f"{k} {plain_metrics.format_value(v)}" for k, v in r.items()) for r in rows)
@@ -180,8 +186,8 @@ class LPIPSDistance(io.ComfyNode):
         if images_b is not None and images_b.shape != images.shape:
             raise ValueError(f"images_b has shape {tuple(images_b.shape)}, images {tuple(images.shape)}: "
                              "give the same number of images of the same size")
-        if images_b is None and images.shape[0] < 2:
-            raise ValueError("images holds 1 image: LPIPS diversity needs a batch of 2 or more (or connect images_b)")
+        if images_b is None:
+            need_two(images, "LPIPS diversity", " (or connect images_b)")
         if min(images.shape[1], images.shape[2]) < 32:
             raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}: LPIPS needs at least 32 pixels a side")
         folder = os.path.join(metric_roots()[0], "lpips")
@@ -275,8 +281,7 @@ class FIDScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, reference_folder) -> io.NodeOutput:
-        if images.shape[0] < 2:
-            raise ValueError(f"images holds {images.shape[0]} image: FID needs a batch of two or more")
+        need_two(images, "FID")
         folder = resolve_reference_folder(reference_folder)
         references = reference_images(folder)
         path = inception_path()
