@@ -51,14 +51,19 @@ def test_object_info_lists_the_sampler_and_matches_the_snapshot(lab):
         "tests/data/object_info-zimage-lab.json is stale: run `python tests/harness.py schema`"
 
 
+MODEL_FOLDER_INPUTS = {"model_folder", "fidelity_model"}
+
+
 def without_file_lists(schema: dict) -> dict:
     """The schema with the options of model-file dropdowns emptied (they depend on the models folder)."""
     schema = json.loads(json.dumps(schema))
-    for spec in schema.values():
+    for node, spec in schema.items():
         for group in ("required", "optional"):
             for name, input_spec in spec["input"].get(group, {}).items():
                 options = input_spec[1] if len(input_spec) > 1 and isinstance(input_spec[1], dict) else {}
-                if input_spec[0] == "COMBO" and (name.endswith("_name") or name == "model_folder") and name != "sampler_name":
+                listed = (name.endswith("_name") and name != "sampler_name") or name in MODEL_FOLDER_INPUTS \
+                    or (node, name) == ("ZImageLabImageScore", "model")
+                if input_spec[0] == "COMBO" and listed:
                     options["options"] = []
     return schema
 
