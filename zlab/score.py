@@ -15,14 +15,12 @@ from pathlib import Path
 from . import sweep as sw
 from . import workflow as wf
 from .report import core_module, load_sweep
+from .server_score import METRIC_FOLDERS, PROMPT_INPUTS, SET_METRICS
 
-PROMPT_METRICS = {"clip_score": ("clip", "load_clip", "clip_score"),
-                  "siglip": ("siglip", "load_siglip", "siglip_score"),
-                  "pickscore": ("pickscore", "load_pickscore", "pick_score"),
-                  "hpsv2": ("hpsv2", "load_hpsv2", "hps_score"),
-                  "image_reward": ("imagereward", "load_image_reward", "image_reward")}
-SET_METRICS = ("lpips", "fid")
-PROMPT_INPUTS = ("text", "prompt", "user_prompt")
+PROMPT_METRICS = {name: (METRIC_FOLDERS[name], loader, fn) for name, (loader, fn) in {
+    "clip_score": ("load_clip", "clip_score"), "siglip": ("load_siglip", "siglip_score"),
+    "pickscore": ("load_pickscore", "pick_score"), "hpsv2": ("load_hpsv2", "hps_score"),
+    "image_reward": ("load_image_reward", "image_reward")}.items()}
 
 
 class ScoreError(wf.WorkflowError):

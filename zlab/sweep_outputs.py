@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from .api import output_files
+from .server_score import METRIC_FOLDERS
 from .sweep_spec import IMAGE_SUFFIXES, RESULTS, Cell, Spec, cell_id, metrics_module, short
 
 
@@ -168,7 +169,7 @@ def reference_distances(spec: Spec, rows: dict[str, dict], out_dir: Path) -> Non
 
 def table_columns(spec: Spec, rows: list[dict]) -> list[str]:
     metric_names = [m for m in ("sharpness", "edge_density", "colourfulness", "reference_cell", "pixel_rmse",
-                                "pixel_mae", "psnr", "clip_score", "siglip", "pickscore", "hpsv2", "image_reward")
+                                "pixel_mae", "psnr", *METRIC_FOLDERS)
                     if any(m in r for r in rows)]
     return (["cell", "label", "status", "seed"] + list(spec.params) +
             ["image", "files", "server", "prompt_id", "seconds", "wall_seconds"] + metric_names)
