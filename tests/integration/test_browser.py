@@ -7,9 +7,11 @@ import json
 import types
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 import browser
 import harness
+import lora_layouts
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -17,10 +19,8 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".gguf")
 OUR_MODULE = "custom_nodes." + harness.PACK_FOLDER
 # Workflows that open in the browser but cannot be queued with the tiny test models, with the reason
 # (they still get every open-time check and a screenshot). Keep this empty where possible.
-NOT_RUNNABLE_WITH_TINY_MODELS: dict[str, str] = {
-    "zimage_refiner_lora": "it loads a trained LoRA file that the browser test's server lacks (a placeholder is not a "
-                           "LoRA); its API twin runs with a real trained file in tests/integration/test_refiner_lora_train.py",
-}
+NOT_RUNNABLE_WITH_TINY_MODELS: dict[str, str] = {}
+LORA_LOADERS = ("ZImageLabRefinerLoRALoader", "LoraLoaderModelOnly", "LoraLoader")
 CLEAN = {"unregistered_types": [], "missing_nodes": None, "missing_models": [], "missing_media": [], "error_count": 0,
          "error_overlay": False, "dialogs": [], "pending_warnings": None, "error_toasts": []}
 
@@ -32,6 +32,27 @@ def stand_ins(lab):
     yield made
     for path in made:
         path.unlink(missing_ok=True)
+
+
+def file_lora_loaders(workflow: dict) -> list[dict]:
+    """The LoRA loaders of a UI workflow that load a file (not a LoRA wired in from the trainer)."""
+    return [node for node in workflow["nodes"] if node["type"] in LORA_LOADERS
+            and not any(i["name"] == "lora" and i.get("link") is not None for i in node.get("inputs") or [])]
+
+
+def write_real_loras(lab, workflow: dict) -> dict[str, int]:
+    """The LoRA files a workflow's loaders name, as real context-refiner LoRAs of the tiny DiT (not placeholders);
+    {file name: how many weight patches it holds}."""
+    shapes = {k: tuple(v.shape) for k, v in
+              load_file(str(lab.base / "models" / "diffusion_models" / harness.TINY_FILES["unet_name"])).items()}
+    patches = {}
+    for name in [node["widgets_values"][0] for node in file_lora_loaders(workflow)]:
+        state, deltas = lora_layouts.make("ai-toolkit", shapes, blocks=("context_refiner.0", "context_refiner.1"))
+        path = lab.base / "models" / "loras" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path))
+        patches[name] = sum(len(parts) for parts in deltas.values())
+    return patches
 
 
 def model_files_named_in(workflow: dict) -> set[str]:
@@ -73,6 +94,8 @@ def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_
     assert {m["name"] for m in first["missing_media"]} <= browser.input_images_named_in(workflow), first["missing_media"]
     stand_ins += browser.create_placeholder_models(lab.base, first["missing_models"])
     stand_ins += browser.provide_input_images(lab.base, workflow)
+    loras = write_real_loras(lab, workflow)
+    stand_ins += [lab.base / "models" / "loras" / name for name in loras]
     if first["missing_models"] or first["missing_media"]:
         page.reload()
         page.mark("drop")
@@ -99,6 +122,10 @@ def test_shipped_workflow_opens_cleanly_and_runs_from_the_run_button(lab, comfy_
         if node["type"] in ("SaveImage", "ZImageLabSaveImage"):
             images = lab.images(result, str(node["id"]))
             assert images and all(im.ndim == 3 and im.shape[2] in (3, 4) and im.std() > 0 for im in images), node
+    for node in file_lora_loaders(workflow):  # the LoRA file written above was loaded, not skipped
+        if node["type"] == "ZImageLabRefinerLoRALoader" and str(node["id"]) not in set(events.get("cached") or []):
+            report = entry["outputs"][str(node["id"])]["text"][0]
+            assert f"applied {loras[node['widgets_values'][0]]} patches to 2 blocks" in report, report
     samplers = page.evaluate("app.graph.nodes.filter((n) => n.type === 'ZImageLabSampler').map((n) => "
                              "[String(n.id), n.widgets.find((w) => w.name === 'steps').value, "
                              "n.widgets.find((w) => w.name === 'zimage_lab_report')?.value ?? null])")

@@ -172,4 +172,47 @@ class ModelFingerprint(io.ComfyNode):
         return io.NodeOutput(ui={"fingerprint": [json.dumps(fingerprint(model), sort_keys=True)]})
 
 
-NODES = [BlockTrace, TraceReport, SaveConditioning, ModelFingerprint]
+class UncondAtCFG1(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageLabTestUncondAtCFG1",
+            display_name="Unconditional Pass at cfg 1 (tests)",
+            category="Z-Image Lab/testing",
+            description="A clone that runs the negative even at cfg 1 (ModelPatcher.disable_model_cfg1_optimization), "
+                        "so the negative a sampler made shows in its result.",
+            inputs=[io.Model.Input("model")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        model = model.clone()
+        model.disable_model_cfg1_optimization()
+        return io.NodeOutput(model)
+
+
+class LatentRatios(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ZImageLabTestLatentRatios",
+            display_name="Latent Downscale Ratios (tests)",
+            category="Z-Image Lab/testing",
+            description="A LATENT with downscale_ratio_spacial / _temporal set (0: key absent), as video latent nodes make.",
+            inputs=[io.Latent.Input("latent"), io.Int.Input("spacial", default=0, min=0, max=64),
+                    io.Int.Input("temporal", default=0, min=0, max=64)],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, latent, spacial, temporal) -> io.NodeOutput:
+        out = dict(latent)
+        for key, value in (("downscale_ratio_spacial", spacial), ("downscale_ratio_temporal", temporal)):
+            out.pop(key, None)
+            if value:
+                out[key] = value
+        return io.NodeOutput(out)
+
+
+NODES = [BlockTrace, TraceReport, SaveConditioning, ModelFingerprint, UncondAtCFG1, LatentRatios]
