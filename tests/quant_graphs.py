@@ -133,5 +133,25 @@ CASES = {
     "caption_noise": (caption_noise, True), "initial_noise_structure": (initial_noise, True),
     "early_step_variation": (early_step, True),
 }
+
+
+def lora_loader(graph, nid, model_ref, **over):
+    """The Refiner LoRA Loader (a LoRA file, or "[none]"), then the Z-Image Sampler."""
+    graph[nid] = {"class_type": "ZImageLabRefinerLoRALoader", "inputs": {
+        "model": model_ref, "lora_name": "[none]", "strength": 0.8, "target": "everything", **over}}
+    return sample(graph, nid + "_s", [nid, 0])
+
+
+def lora_trainer(graph, nid, model_ref, **over):
+    """One step of the Refiner LoRA Train node (an output node: returns None)."""
+    _common(graph)
+    graph[nid] = {"class_type": "ZImageLabRefinerLoRATrain", "inputs": {
+        "model": model_ref, "clip": ["c", 0], "prompts": "a cat", "style": "watercolor", "preserve_prompts": "a dog",
+        "rank": 2, "alpha": 2.0, "learning_rate": 1e-3, "steps": 1, "seed": 0, "preservation_weight": 1.0,
+        "modules": "attention", "lora_name": f"quant/{nid}", **over}}
+    return None
+
+
+LORA_CASES = {"lora_loader": lora_loader, "lora_trainer": lora_trainer}
 for _name, (_case, _) in CASES.items():
     _case.__name__ = _name

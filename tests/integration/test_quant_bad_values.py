@@ -1,12 +1,16 @@
 """Bad and extreme values on quantized models (issue 15): on an fp8 e4m3fn model, a scaled-fp8 checkpoint and a
-ComfyUI-GGUF Q4_K model, each MODEL-patching node given NaN / inf / huge / negative strengths or out-of-range layers
-through POST /prompt ends in an error naming the input (ComfyUI's validation or the pack's own), with no raw
+ComfyUI-GGUF Q4_K model, each MODEL-patching node (the LoRA loader and trainer, the accelerator and the ensemble /
+trajectory / attribution samplers included) given NaN / inf / huge / negative values, out-of-range layers or steps,
+unparsable lists or a 20,000-character prompt through POST /prompt ends in an error naming the input (ComfyUI's validation or the pack's own), with no raw
 traceback; the server answers afterwards and the loaded quantized model still samples like its dequantized reference."""
 
 import sys
 
 import pytest
+from safetensors.torch import load_file, save_file
+
 import harness
+import lora_layouts
 import quant_files
 import quant_graphs as qg
 
@@ -25,7 +29,26 @@ BAD = [  # (case, inputs, the input the error must name)
     ("layer_ablation", {"layers": "-3"}, "layers"), ("skip_layer_guidance", {"scale": NAN}, "scale"),
     ("skip_layer_guidance", {"layers": "40"}, "layers"), ("refiner_ablation", {"context_blocks": "7"}, "context_blocks"),
     ("refiner_ablation", {"noise_scales": "nan"}, "noise_scales"),
+    ("lora_loader", {"lora_name": "quant_bad_values.safetensors", "strength": NAN}, "strength"),
+    ("lora_loader", {"lora_name": "quant_bad_values.safetensors", "block_strengths": "refiner=1"}, "block_strengths"),
+    ("lora_trainer", {"learning_rate": NAN}, "learning_rate"), ("lora_trainer", {"prompts": "word " * 4000}, "prompts"),
+    ("lora_trainer", {"rank": 0}, "rank"),
+    ("accelerate", {"attention": "fastest"}, "attention"),
+    ("ensemble", {"seeds": "one, two"}, "seeds"), ("ensemble", {"cfg": NAN}, "cfg"),
+    ("trajectory", {"cfg": NAN}, "cfg"), ("trajectory", {"every": 0}, "every"),
+    ("token_attribution", {"prompt": "word " * 4000}, "prompt"), ("token_attribution", {"batch_size": 0}, "batch_size"),
+    ("caption_noise", {"strength": NAN}, "strength"), ("initial_noise_structure", {"strength": INF}, "strength"),
+    ("early_step_variation", {"strength": NAN}, "strength"),
 ]
+
+
+@pytest.fixture(scope="module")
+def lora_file(lab):
+    """A context-refiner LoRA for the tiny DiT, so the loader's own inputs (not a missing file) meet the check."""
+    shapes = {k: tuple(v.shape) for k, v in
+              load_file(str(lab.base / "models" / "diffusion_models" / harness.TINY_FILES["unet_name"])).items()}
+    state, _ = lora_layouts.make("musubi", shapes, blocks=("context_refiner.0",))
+    save_file(state, str(lab.base / "models" / "loras" / "quant_bad_values.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +71,16 @@ def fresh_pair(lab, kinds, kind, seed):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bad_values_on_quantized_models_are_refused_naming_the_input(lab, kinds, kind):
+def test_bad_values_on_quantized_models_are_refused_naming_the_input(lab, kinds, lora_file, kind):
     from zlab.api import ComfyError
 
     quant, _ = qg.loaders(kinds, kind)
     failures = []
     for i, (name, over, word) in enumerate(BAD):
         graph = {"q": quant}
-        qg.save(graph, f"bad_{kind}_{i}", qg.CASES[name][0](graph, f"bad{i}", ["q", 0], **over))
+        out = (qg.LORA_CASES.get(name) or qg.CASES[name][0])(graph, f"bad{i}", ["q", 0], **over)
+        if out is not None:
+            qg.save(graph, f"bad_{kind}_{i}", out)
         try:
             lab.run(graph)
             failures.append(f"{name} {over}: ran without an error")

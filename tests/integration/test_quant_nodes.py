@@ -71,27 +71,12 @@ def test_bad_values_are_refused_naming_the_input(lab, kinds, kind, name):
     assert word in str(err.value), str(err.value)
 
 
-def lora_loader(graph, nid, model_ref, **over):
-    graph[nid] = {"class_type": "ZImageLabRefinerLoRALoader", "inputs": {
-        "model": model_ref, "lora_name": "[none]", "strength": 0.8, "target": "everything", **over}}
-    return qg.sample(graph, nid + "_s", [nid, 0])
-
-
-def trainer(graph, nid, model_ref, **over):
-    qg._common(graph)
-    graph[nid] = {"class_type": "ZImageLabRefinerLoRATrain", "inputs": {
-        "model": model_ref, "clip": ["c", 0], "prompts": "a cat", "style": "watercolor", "preserve_prompts": "a dog",
-        "rank": 2, "alpha": 2.0, "learning_rate": 1e-3, "steps": 1, "seed": 0, "preservation_weight": 1.0,
-        "modules": "attention", "lora_name": "quant/nunchaku"}}
-    return None  # an output node
-
-
-@pytest.mark.parametrize("name", [*qg.CASES, "lora_loader", "lora_trainer"])
+@pytest.mark.parametrize("name", [*qg.CASES, *qg.LORA_CASES])
 def test_every_patching_node_refuses_a_nunchaku_model_by_name(lab, name):
     """nunchaku SVDQuant replaces the blocks' layers; detected by class names (no nunchaku wheel here)."""
     from zlab.api import ComfyError
 
-    case = {"lora_loader": lora_loader, "lora_trainer": trainer}.get(name) or qg.CASES[name][0]
+    case = qg.LORA_CASES.get(name) or qg.CASES[name][0]
     graph = {"b": {"class_type": "ZImageLabTestTinyUNETLoader", "inputs": {"unet_name": harness.TINY_FILES["unet_name"]}},
              "n": {"class_type": "ZImageLabTestFakeNunchaku", "inputs": {"model": ["b", 0]}}}
     latent = case(graph, f"nunchaku_{name}", ["n", 0])
