@@ -1,4 +1,8 @@
-"""Every import below ComfyUI's public node API lives in nodes/_internals/ (issue 14's grep criterion)."""
+"""Every import below ComfyUI's public node API lives in nodes/_internals/ (issue 14's grep criterion).
+
+Scope: the code the pack runs (``__init__.py``, nodes/, core/, zlab/). bench/ and tests/ are harnesses that build
+ComfyUI's own models in-process to measure or check them (as ComfyUI's own tests do); the pack never imports them,
+which the last test checks, so their reach below the node API never runs inside a user's ComfyUI."""
 
 import ast
 from pathlib import Path
@@ -69,3 +73,7 @@ def test_only_public_node_api_outside_internals():
 
 def test_core_never_imports_comfyui():
     assert violations((ROOT / "core").rglob("*.py"), INTERNAL | PUBLIC) == []
+
+
+def test_the_pack_never_imports_its_harnesses():
+    assert violations(shipped_files(), {"bench", "tests", "harness", "conftest"}) == []
