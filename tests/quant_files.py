@@ -52,13 +52,14 @@ def write_scaled_fp8(src, dst, ref):
     save_file(reference, str(ref), metadata=meta)
 
 
-def write_mixed(src, dst, ref):
-    """Mixed precision (comfy_quant): the 30 main layers' linears in fp8, refiners and the rest float32."""
+def write_mixed(src, dst, ref, quantized=lambda key: _in_blocks(key, ("layers",))):
+    """Mixed precision (comfy_quant): the weights `quantized` picks (default: the 30 main layers' linears) in fp8
+    with per-tensor scales, the rest (the DiT's refiners) float32."""
     sd, meta = _read(src)
     out, reference = {}, {}
     conf = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
     for key, w in sd.items():
-        if _in_blocks(key, ("layers",)):
+        if quantized(key):
             q, scale, deq = _fp8_scaled(w)
             layer = key[:-len(".weight")]
             out[key], out[layer + ".weight_scale"], out[layer + ".comfy_quant"] = q, scale, conf.clone()

@@ -8,7 +8,6 @@ what ComfyUI-GGUF's ``gguf_clip_loader`` maps back with ``LLAMA_SD_MAP``). Refer
 
 from __future__ import annotations
 
-import json
 import re
 
 import torch
@@ -39,19 +38,8 @@ def write_fp8(src, dst, ref):
 
 
 def write_mixed(src, dst, ref):
-    sd, meta = quant_files._read(src)
-    out, reference = {}, {}
-    conf = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
-    for key, w in sd.items():
-        if LINEAR.match(key):
-            q, scale, deq = quant_files._fp8_scaled(w)
-            layer = key[:-len(".weight")]
-            out[key], out[layer + ".weight_scale"], out[layer + ".comfy_quant"] = q, scale, conf.clone()
-            reference[key] = deq
-        else:
-            out[key] = reference[key] = w
-    save_file(out, str(dst), metadata=meta)
-    save_file(reference, str(ref), metadata=meta)
+    """Mixed precision (comfy_quant): every Qwen3 linear in fp8 with per-tensor scales."""
+    quant_files.write_mixed(src, dst, ref, quantized=lambda key: bool(LINEAR.match(key)))
 
 
 def write_gguf(src, dst, ref):
