@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .save import to_uint8
+
 LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 HPS_FILES = ("HPS_v2.1_compressed.pt", "HPS_v2_compressed.pt")
@@ -94,7 +96,7 @@ class Scorer:
 # ----- images and texts -----
 
 def to_uint8_list(images) -> list[np.ndarray]:
-    """IMAGE tensor [N, H, W, 3] in [0, 1] (or a list of such arrays / uint8 arrays) -> uint8 arrays."""
+    """IMAGE tensor [N, H, W, 3] in [0, 1] (or a list of such arrays / uint8 arrays) -> the uint8 arrays SaveImage saves."""
     if isinstance(images, torch.Tensor):
         if images.ndim == 3:
             images = images[None]
@@ -103,7 +105,7 @@ def to_uint8_list(images) -> list[np.ndarray]:
     for im in images:
         a = im.detach().float().cpu().numpy() if isinstance(im, torch.Tensor) else np.asarray(im)
         if a.dtype != np.uint8:
-            a = (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+            a = to_uint8(a)  # truncated as SaveImage does: a score of an IMAGE is the score of its saved PNG
         out.append(a[..., :3])
     return out
 

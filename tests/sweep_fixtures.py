@@ -1,7 +1,16 @@
-"""Helpers of the sweep integration tests: the tiny workflow and spec files, the command line, the finished rows."""
+"""Helpers of the sweep integration tests: the tiny workflow and spec files, the command line, the finished rows,
+and a local Ray cluster for the ``--ray`` tests."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+
+import pytest
+
+import harness
 
 
 def files(lab, tmp_path, spec, ui=False):
@@ -37,3 +46,40 @@ def ok_rows(out):
         if row.get("status") == "ok":
             rows.append(row)
     return rows
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(comfyui_path):
+    """A local Ray cluster on this CPU machine, with two placeholder GPU slots (one per worker actor)."""
+    pytest.importorskip("ray")
+    root = tempfile.mkdtemp(prefix="zr")  # short: Ray's socket paths must stay under 108 characters
+    port = harness.free_port()
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(port), "--num-cpus", "2",
+           "--num-gpus", "2", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", root,
+           "--dashboard-agent-listen-port", str(harness.free_port())]
+    env = {**os.environ, "COMFYUI_PATH": str(comfyui_path)}
+    try:
+        started = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield {"address": f"127.0.0.1:{port}", "root": root}
+    finally:
+        end_processes_naming(root)
+
+
+def end_processes_naming(text):
+    """SIGKILL every process whose command line names text (the cluster's folder: its raylet, workers, servers)."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def ray_command(spec_path, workflow, out, cluster, lab, comfyui_path, extra=()):
+    """The sweep command on the cluster: workers start tiny-model CPU servers on the lab's models."""
+    args = command(spec_path, workflow, out, extra=extra)
+    return args + ["--ray", cluster["address"], "--comfyui", str(comfyui_path), "--base-directory", str(lab.base),
+                   "--server-arg=--cpu", "--scratch", os.path.join(cluster["root"], "servers")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 
 from . import workflow as wf
+from .sweep_spec import SweepError
 
 SCORE_NODE = "ZImageLabImageScore"
 NODE_PREFIX = "zlab_score_"
@@ -76,6 +77,17 @@ def score_models(object_info: dict, wanted) -> dict[str, str]:
                                    f"{', '.join(found) or 'no model'}; put the model there (docs/metrics.md)")
         out[metric] = model
     return out
+
+
+def sweep_models(metrics, object_info, where: str) -> dict[str, str]:
+    """metric -> model for a sweep's per-image metrics, checked before any cell (object_info() asked only if needed)."""
+    wanted = plan(metrics)["server"]
+    if not wanted:
+        return {}
+    try:
+        return score_models(object_info(), wanted)
+    except ServerScoreError as e:
+        raise SweepError(f"{where}: {e}") from None
 
 
 def image_source(prompt: dict) -> list:

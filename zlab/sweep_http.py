@@ -16,19 +16,8 @@ from pathlib import Path
 
 from .api import ComfyClient, ComfyError, ServerUnreachable
 from .sweep_outputs import CellFailures, Recorder, Results, execution_seconds, fetch_outputs
-from .server_score import ServerScoreError, add_scoring, plan, read_scores, score_models
+from .server_score import add_scoring, read_scores, sweep_models
 from .sweep_spec import Cell, Spec, SweepError, build_prompt
-
-
-def scoring_models(spec: Spec, client) -> dict[str, str]:
-    """metric -> server model for the spec's per-image metrics, checked before any cell runs."""
-    wanted = plan(spec.metrics)["server"]
-    if not wanted:
-        return {}
-    try:
-        return score_models(client.object_info(), wanted)
-    except ServerScoreError as e:
-        raise SweepError(f"{client.url}: {e}") from None
 
 
 class ServerGone(Exception):
@@ -73,7 +62,8 @@ class Runner:
                  f"on {len(self.urls)} server(s)")
         if not todo:
             return
-        self.scoring = scoring_models(self.spec, ComfyClient(self.urls[0]))
+        first = ComfyClient(self.urls[0])
+        self.scoring = sweep_models(self.spec.metrics, first.object_info, first.url)
         for cell in todo:
             self.todo.put(cell)
         with ThreadPoolExecutor(max(2, len(self.urls)), thread_name_prefix="sweep download") as downloads:

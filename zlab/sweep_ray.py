@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 
 from .sweep_outputs import CellFailures, Recorder, Results
-from .server_score import ServerScoreError, add_scoring, plan, score_models
+from .server_score import add_scoring, sweep_models
 from .sweep_spec import REPO, Cell, Spec, SweepError, build_prompt
 
 PROBE_S = 2.0
@@ -167,14 +167,9 @@ class RayRunner:
 
     def scoring_models(self) -> dict[str, str]:
         """metric -> server model for the spec's per-image metrics, asked of a worker in rotation before any cell."""
-        wanted = plan(self.spec.metrics)["server"]
-        if not wanted:
-            return {}
         i = min(self.up) if self.up else 0
-        try:
-            return score_models(self.ray.get(self.workers[i].object_info.remote()), wanted)
-        except ServerScoreError as e:
-            raise SweepError(f"Ray worker {self.names[i]}: {e}") from None
+        return sweep_models(self.spec.metrics, lambda: self.ray.get(self.workers[i].object_info.remote()),
+                            f"Ray worker {self.names[i]}")
 
     def dispatch(self) -> None:
         """Give every worker in rotation cells until it has ``per_server`` in flight."""

@@ -23,7 +23,8 @@ def images(n=4, h=40, w=48, seed=0) -> torch.Tensor:
 
 
 def uint8_list(imgs):
-    return [(im.numpy() * 255).round().astype(np.uint8) for im in imgs]
+    """The pixels SaveImage writes (clip(255 * x).astype(uint8): truncated)."""
+    return [np.clip(im.numpy() * 255, 0, 255).astype(np.uint8) for im in imgs]
 
 
 def cosine_from_logits(out, model, bias=0.0) -> torch.Tensor:

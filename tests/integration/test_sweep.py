@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import harness
+from zlab.api import ComfyClient
 from sweep_fixtures import command, files, ok_rows
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,13 @@ def second_server(lab, comfyui_path, tmp_path):
         yield server
     finally:
         server.stop()
+
+
+def fully_cached(url, prompt_id) -> bool:
+    """True when the server ran none of the prompt's nodes (ComfyUI's cache: the same prompt ran just before)."""
+    entry = ComfyClient(url).history(prompt_id)
+    (nodes,) = [data["nodes"] for kind, data in entry["status"]["messages"] if kind == "execution_cached"]
+    return set(nodes) == set(entry["prompt"][2])
 
 
 def test_sweep_resumes_after_a_kill_without_duplicates_on_two_servers(lab, second_server, tmp_path, repo):
@@ -63,8 +71,12 @@ def test_sweep_resumes_after_a_kill_without_duplicates_on_two_servers(lab, secon
     assert len(table) == 8
     assert {(float(r["Z-Image Sampler.shift"]), int(r["Z-Image Sampler.steps"]), int(r["seed"])) for r in table} == {
         (s, n, seed) for s in (1.0, 3.0) for n in (2, 3) for seed in (1, 2)}
+    cached = {r["cell"] for r in rows if fully_cached(r["server"], r["prompt_id"])}
+    print(f"\nrows the server answered from its cache (the killed sweep's last prompt, queued again): {sorted(cached)}")
+    assert len(cached) <= 1 and cached <= {r["cell"] for r in rows if r["cell"] not in before}
     for r in table:
-        assert (out / r["image"]).is_file() and float(r["wall_seconds"]) > 0 and float(r["seconds"]) > 0
+        assert (out / r["image"]).is_file() and float(r["wall_seconds"]) > 0
+        assert float(r["seconds"]) > 0 or r["cell"] in cached  # a cached prompt can run within 1 ms: 0.0 s
         assert float(r["sharpness"]) >= 0 and 0 <= float(r["edge_density"]) <= 1 and float(r["colourfulness"]) >= 0
         reference = next(c for c in table if c["seed"] == r["seed"] and c["Z-Image Sampler.shift"] == "3.0"
                          and c["Z-Image Sampler.steps"] == "3")

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 import harness
-from sweep_fixtures import command, files, ok_rows
+from sweep_fixtures import command, files, ok_rows, ray_cluster, ray_command  # noqa: F401 (ray_cluster: a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -183,44 +182,6 @@ def test_ctrl_c_leaves_a_resumable_folder(lab, tmp_path, repo):
 
 
 # ------------------------------------------------------------------------------------------------ Ray
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(comfyui_path):
-    """A local Ray cluster on this CPU machine, with two placeholder GPU slots (one per worker actor)."""
-    pytest.importorskip("ray")
-    import tempfile
-
-    root = tempfile.mkdtemp(prefix="zr")  # short: Ray's socket paths must stay under 108 characters
-    port = harness.free_port()
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(port), "--num-cpus", "2",
-           "--num-gpus", "2", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", root,
-           "--dashboard-agent-listen-port", str(harness.free_port())]
-    env = {**os.environ, "COMFYUI_PATH": str(comfyui_path)}
-    try:
-        started = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield {"address": f"127.0.0.1:{port}", "root": root}
-    finally:
-        end_processes_naming(root)
-
-
-def end_processes_naming(text):
-    """SIGKILL every process whose command line names text (the cluster's folder: its raylet, workers, servers)."""
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if text.encode() in f.read():
-                        os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def ray_command(spec_path, workflow, out, cluster, lab, comfyui_path, extra=()):
-    args = command(spec_path, workflow, out, extra=extra)
-    return args + ["--ray", cluster["address"], "--comfyui", str(comfyui_path), "--base-directory", str(lab.base),
-                   "--server-arg=--cpu", "--scratch", os.path.join(cluster["root"], "servers")]
 
 
 def test_ray_a_worker_whose_server_is_killed_has_its_cells_redone_elsewhere(ray_cluster, http_kill_run, lab,
