@@ -162,7 +162,9 @@ def test_http_a_server_that_stops_answering_comes_back_into_rotation(lab, spare,
 
 
 def test_ctrl_c_leaves_a_resumable_folder(lab, tmp_path, repo):
-    spec = {"name": "ctrl_c", "params": {"Z-Image Sampler.steps": [2, 3]}, "seeds": "31-33"}
+    # cells of 30-40 steps (~3-4 s each on the tiny model): at 2-3 steps the whole sweep could finish (1.2 s)
+    # before the Ctrl-C sent after its first row arrived, on a loaded machine (seen once)
+    spec = {"name": "ctrl_c", "params": {"Z-Image Sampler.steps": [30, 40]}, "seeds": "31-33"}
     workflow, spec_path = files(lab, tmp_path, spec)
     out = tmp_path / "out"
     sweep = Sweep(command(spec_path, workflow, out, lab.url, extra=["--per-server", "1"]), repo)
