@@ -185,3 +185,9 @@ def dreamsim_diversity(scorer: DreamSimScorer, images) -> float:
 
     return mean_pairwise(dreamsim_pairwise(scorer, images))
 
+
+
+def perceptual_measure(folder: str, dreamsim_type: str = "ensemble"):
+    """(column, fn(IMAGE batch) -> mean pairwise DreamSim): the ``perceptual`` argument of diversity.sweep_diversity."""
+    scorer = load_dreamsim(folder, dreamsim_type)
+    return f"dreamsim_{dreamsim_type}", lambda images: dreamsim_diversity(scorer, images)

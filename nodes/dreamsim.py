@@ -23,6 +23,21 @@ def dreamsim_folder(dreamsim_type: str) -> str:
     return folders[0]
 
 
+def load(dreamsim_type: str) -> core.DreamSimScorer:
+    """The DreamSim model of the type, loaded once (nodes/metric_models.py's one-model cache) on ComfyUI's device."""
+    folder = dreamsim_folder(dreamsim_type)
+    return shared.cached(("dreamsim", dreamsim_type, folder), lambda: core.load_dreamsim(folder, dreamsim_type))
+
+
+PERCEPTUAL = tuple(f"dreamsim {t}" for t in core.DREAMSIM_FILES)
+"""Choices for Z-Image Seed Diversity's ``perceptual`` menu ("dreamsim <type>")."""
+
+
+def diversity(images, dreamsim_type: str = "ensemble") -> float:
+    """Mean pairwise DreamSim of an IMAGE batch with the model of models/metrics/dreamsim (loaded once, shared)."""
+    return core.dreamsim_diversity(load(dreamsim_type), images)
+
+
 class DreamSimDistance(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -61,8 +76,7 @@ class DreamSimDistance(io.ComfyNode):
                              "give the same number of images")
         if images_b is None:
             shared.need_two(images, "DreamSim diversity", " (or connect images_b)")
-        folder = dreamsim_folder(dreamsim_type)
-        scorer = shared.cached(("dreamsim", dreamsim_type, folder), lambda: core.load_dreamsim(folder, dreamsim_type))
+        scorer = load(dreamsim_type)
         if images_b is None:
             matrix = core.dreamsim_pairwise(scorer, images)
             mean = metric_models.mean_pairwise(matrix)
