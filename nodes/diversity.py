@@ -10,10 +10,11 @@ from comfy_api.latest import io, ui
 from ..core import diversity as core
 from ..core import metrics as core_metrics
 from . import CATEGORY
+from . import dreamsim as dreamsim_node
 from . import metric_models as shared_metrics
 
 SUBCATEGORY = f"{CATEGORY}/seed variance"
-PERCEPTUAL = ("none", "lpips alex", "lpips vgg", "lpips squeeze")
+PERCEPTUAL = ("none", "lpips alex", "lpips vgg", "lpips squeeze") + dreamsim_node.PERCEPTUAL
 NOT_MEASURED = -1.0
 _LPIPS_CACHE: dict[str, object] = {}
 FIDELITY = {"clip": ("clip_score", "CLIPScore model"), "siglip": ("siglip", "SigLIP model")}
@@ -50,7 +51,9 @@ def report(images, latents, size, bins, perceptual, prompt="", fidelity_model="n
     out = core.image_diversity(images, size, bins)
     if fidelity_model != "none":
         out.update(fidelity(images, prompt, fidelity_model))
-    if perceptual != "none":
+    if perceptual.startswith("dreamsim "):
+        out[perceptual.replace(" ", "_")] = dreamsim_node.diversity(images, perceptual.split()[1])
+    elif perceptual != "none":
         out[perceptual.replace(" ", "_")] = core.lpips_diversity(lpips_model(perceptual), images, size)
     if latents is not None:
         samples = latents["samples"]
@@ -87,7 +90,8 @@ class SeedDiversity(io.ComfyNode):
                 io.Int.Input("bins", default=16, min=2, max=256, tooltip="Histogram bins per colour channel."),
                 io.Combo.Input("perceptual", options=list(PERCEPTUAL), default="none",
                                tooltip="Also LPIPS (lpips package; the torchvision backbone is fetched into the torch "
-                                       "hub cache once when missing)."),
+                                       "hub cache once when missing) or DreamSim (dreamsim package, weights read from "
+                                       "models/metrics/dreamsim, never downloaded: docs/metrics.md)."),
                 io.Combo.Input("fidelity_model", options=fidelity_models(), default="none", optional=True,
                                tooltip="Fidelity: mean image-prompt score of each batch with a local CLIP (CLIPScore, "
                                        "100 * max(cos, 0)) or SigLIP (cosine) folder of models/metrics (docs/metrics.md), "

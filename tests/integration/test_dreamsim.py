@@ -71,3 +71,14 @@ def test_missing_files_and_bad_batches_are_clear(lab, dreamsim_dir):
     api = _graph({"dreamsim_type": TYPE, "images_b": ["b1", 0]})
     with pytest.raises(ComfyError, match="images_b holds 2 images, images 3"):
         lab.run(api)
+
+
+def test_seed_diversity_node_reports_the_dreamsim_nodes_mean(lab, dreamsim_dir):
+    api = _graph({"dreamsim_type": TYPE})
+    api["sd"] = {"class_type": "ZImageLabSeedDiversity", "inputs": {"images": ["b2", 0], "size": 64, "bins": 4,
+                                                                    "perceptual": f"dreamsim {TYPE}"}}
+    result = lab.run(api)
+    info = result.outputs["sd"]["diversity"][0]["images"]
+    scorer = ds.load_dreamsim(str(dreamsim_dir), TYPE)
+    assert info[f"dreamsim_{TYPE}"] == pytest.approx(ds.dreamsim_diversity(scorer, lab.images(result, "s")), abs=1e-5)
+    assert info[f"dreamsim_{TYPE}"] == pytest.approx(result.outputs["d"]["dreamsim"][0]["mean_pairwise"], abs=1e-7)
