@@ -17,6 +17,9 @@ Diversity is the mean over all pairs i < j of a distance d(image_i, image_j). Me
 - ``fidelity``: mean cosine similarity between each image's embedding and the prompt's
   (CLIP / SigLIP score without the x100 / clipping), so more diversity is not bought with
   another prompt.
+
+The table of a finished sweep (diversity and mean prompt scores per setting) is core/diversity_sweep.py;
+``python -m core.diversity OUT`` runs it.
 """
 
 from __future__ import annotations
@@ -218,6 +221,20 @@ def seed_grid(rows: list[tuple[str, torch.Tensor]], labels: list[str] | None = N
     return figure_to_array(fig)
 
 
+def draw_strength(ax, series: dict[str, list[tuple[float, float]]], ylabel: str, title: str) -> None:
+    """One panel: a line per technique through its finite points (strength, value)."""
+    for name, points in series.items():
+        points = sorted(p for p in points if p[1] is not None and math.isfinite(p[1]))
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel("strength")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+
+
 def strength_plot(series: dict[str, list[tuple[float, float]]], measure: str, title: str = "") -> np.ndarray:
     """Diversity against strength: one line per technique, points (strength, value)."""
     import matplotlib
@@ -226,105 +243,9 @@ def strength_plot(series: dict[str, list[tuple[float, float]]], measure: str, ti
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for name, points in series.items():
-        points = sorted(p for p in points if p[1] is not None and math.isfinite(p[1]))
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    ax.set_xlabel("strength")
-    ax.set_ylabel(f"mean pairwise {measure}")
-    ax.set_title(title or f"seed diversity ({measure})")
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
+    draw_strength(ax, series, f"mean pairwise {measure}", title or f"seed diversity ({measure})")
     fig.tight_layout()
     return figure_to_array(fig)
-
-
-# ------------------------------------------------------------------------------------ sweep tables
-
-
-def load_rgb(path) -> torch.Tensor:
-    """An image file as IMAGE [1, H, W, 3] in [0, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).float().div(255.0)[None]
-
-
-def sweep_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Finished sweep rows grouped by their swept values (every seed of one setting together)."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if row.get("status") == "ok" and row.get("image"):
-            groups.setdefault(tuple(sorted(row["params"].items())), []).append(row)
-    return groups
-
-
-def technique_of(params: dict) -> tuple[str, float]:
-    """(technique, strength) of a setting: the one swept input that is not 0, or ('stock', 0)."""
-    active = [(address.rsplit(".", 1)[0], float(v)) for address, v in params.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0]
-    if len(active) == 1:
-        return active[0]
-    return ("stock", 0.0) if not active else (" + ".join(a for a, _ in active), float("nan"))
-
-
-def sweep_diversity(out_dir, size: int = 256, bins: int = 16, perceptual=None) -> list[dict]:
-    """Per setting of a finished sweep (results.json): diversity across its seeds, written to diversity.csv/.json and
-    diversity_vs_strength.png in out_dir. ``perceptual`` is an optional (name, fn(IMAGE batch) -> float)."""
-    import csv
-    import json
-    from pathlib import Path
-
-    from PIL import Image
-
-    out = Path(out_dir)
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    table = []
-    for key, rows in sweep_groups(results["rows"]).items():
-        params = dict(key)
-        if len(rows) < 2:
-            continue
-        images = torch.cat([load_rgb(out / r["image"]) for r in sorted(rows, key=lambda r: r["seed"])])
-        technique, strength = technique_of(params)
-        entry = {"technique": technique, "strength": strength, "seeds": len(rows), **params,
-                 **format_row(image_diversity(images, size, bins))}
-        if perceptual is not None:
-            entry[perceptual[0]] = round(perceptual[1](images), 4)
-        table.append(entry)
-    if not table:
-        raise ValueError(f"{out} has no setting with 2 or more finished seeds: run the sweep first")
-    columns = list(dict.fromkeys(k for row in table for k in row))
-    with open(out / "diversity.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(table)
-    (out / "diversity.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
-    stock = [(0.0, r["ssim"]) for r in table if r["technique"] == "stock"]
-    series: dict[str, list] = {}
-    for r in table:
-        if r["technique"] != "stock":
-            series.setdefault(r["technique"], list(stock)).append((r["strength"], r["ssim"]))
-    Image.fromarray(strength_plot(series, "1 - SSIM")).save(out / "diversity_vs_strength.png")
-    return table
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m core.diversity",
-                                     description="Diversity across seeds of every setting of a finished sweep.")
-    parser.add_argument("out_dir", help="the sweep's output folder (holds results.json and images/)")
-    parser.add_argument("--size", type=int, default=256, help="downscale images to this many pixels (longer side)")
-    parser.add_argument("--bins", type=int, default=16, help="histogram bins per channel")
-    parser.add_argument("--lpips", choices=("alex", "vgg", "squeeze"), help="also mean pairwise LPIPS")
-    args = parser.parse_args()
-    extra = None
-    if args.lpips:
-        model = load_lpips(args.lpips)
-        extra = (f"lpips_{args.lpips}", lambda images: lpips_diversity(model, images, args.size))
-    for row in sweep_diversity(args.out_dir, args.size, args.bins, extra):
-        print(", ".join(f"{k} {v}" for k, v in row.items()))
 
 
 # ------------------------------------------------------------------------- paired seed comparison
@@ -360,3 +281,9 @@ def paired_bootstrap(base: np.ndarray, other: np.ndarray, rounds: int = 2000, se
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return {"base": off_diagonal_mean(base, everyone), "other": off_diagonal_mean(other, everyone),
             "difference": off_diagonal_mean(diff, everyone), "low": float(low), "high": float(high), "seeds": n}
+
+
+if __name__ == "__main__":  # the sweep table's command keeps its name: python -m core.diversity OUT
+    from .diversity_sweep import main
+
+    main()

@@ -38,6 +38,10 @@ from .save import to_uint8
 LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 HPS_FILES = ("HPS_v2.1_compressed.pt", "HPS_v2_compressed.pt")
+# The per-image prompt scores by the names they carry in the Image Score node's output and in a sweep's rows.
+# zlab/server_score.py's METRIC_FOLDERS keys are the same names: zlab cannot import core (Ray ships zlab alone to
+# the workers) and core never imports zlab, so tests/core/test_diversity_sweep.py checks that the two agree.
+PROMPT_SCORE_NAMES = ("clip_score", "siglip", "pickscore", "hpsv2", "image_reward")
 
 
 class MissingWeights(FileNotFoundError):
@@ -96,7 +100,8 @@ class Scorer:
 # ----- images and texts -----
 
 def to_uint8_list(images) -> list[np.ndarray]:
-    """IMAGE tensor [N, H, W, 3] in [0, 1] (or a list of such arrays / uint8 arrays) -> the uint8 arrays SaveImage saves."""
+    """IMAGE tensor [N, H, W, 3] in [0, 1] (or a list of such arrays / uint8 arrays) -> uint8 arrays, converted as
+    SaveImage converts them (clip(255 x).astype(uint8), core.save.to_uint8): a score is the score of the saved PNG."""
     if isinstance(images, torch.Tensor):
         if images.ndim == 3:
             images = images[None]
@@ -105,7 +110,7 @@ def to_uint8_list(images) -> list[np.ndarray]:
     for im in images:
         a = im.detach().float().cpu().numpy() if isinstance(im, torch.Tensor) else np.asarray(im)
         if a.dtype != np.uint8:
-            a = to_uint8(a)  # truncated as SaveImage does: a score of an IMAGE is the score of its saved PNG
+            a = to_uint8(a)
         out.append(a[..., :3])
     return out
 

@@ -134,31 +134,6 @@ def test_lpips_loads_real_weights_through_the_real_loader_and_matches_the_formul
     assert got == pytest.approx(expected, rel=1e-4)
 
 
-def test_sweep_diversity_groups_seeds_per_setting(tmp_path):
-    import json
-
-    from PIL import Image
-
-    (tmp_path / "images").mkdir()
-    rows = []
-    colours = {0.0: [(0, 0, 0), (0, 0, 0)], 1.0: [(0, 0, 0), (255, 255, 255)]}  # stock: identical; strength 1: opposite
-    for strength, pair in colours.items():
-        for seed, colour in enumerate(pair):
-            name = f"images/s{strength}_{seed}.png"
-            Image.new("RGB", (16, 16), colour).save(tmp_path / name)
-            rows.append({"status": "ok", "seed": seed, "image": name,
-                         "params": {"Caption Noise.strength": strength, "Initial Noise Structure.strength": 0.0}})
-    rows.append({"status": "error", "seed": 9, "params": {"Caption Noise.strength": 2.0}})
-    (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))
-    table = d.sweep_diversity(tmp_path, size=16, bins=4)
-    by = {(r["technique"], r["strength"]): r for r in table}
-    assert set(by) == {("stock", 0.0), ("Caption Noise", 1.0)}
-    assert by[("stock", 0.0)]["histogram"] == 0 and by[("Caption Noise", 1.0)]["histogram"] == 1.0
-    assert by[("Caption Noise", 1.0)]["pixel_rmse"] == 1.0 and by[("Caption Noise", 1.0)]["seeds"] == 2
-    assert (tmp_path / "diversity.csv").read_text().startswith("technique,strength,seeds")
-    assert (tmp_path / "diversity_vs_strength.png").is_file()
-
-
 def test_distance_matrix_by_hand_and_low_frequency_pooling():
     b = torch.tensor([[[1.0, -1.0], [1.0, -1.0]], [[2.0, 2.0], [2.0, 2.0]]])
     batch = torch.stack([torch.zeros(2, 2, 2), b])

@@ -23,8 +23,8 @@ def images(n=4, h=40, w=48, seed=0) -> torch.Tensor:
 
 
 def uint8_list(imgs):
-    """The pixels SaveImage writes (clip(255 * x).astype(uint8): truncated)."""
-    return [np.clip(im.numpy() * 255, 0, 255).astype(np.uint8) for im in imgs]
+    """The pixels as ComfyUI's SaveImage writes them (nodes.py: clip(255. * x, 0, 255).astype(uint8), truncating)."""
+    return [np.clip(255. * im.numpy(), 0, 255).astype(np.uint8) for im in imgs]
 
 
 def cosine_from_logits(out, model, bias=0.0) -> torch.Tensor:
