@@ -137,7 +137,7 @@ def sweep_diversity(out_dir, size: int = 256, bins: int = 16, perceptual=None) -
 
 
 def main(argv=None) -> None:
-    """The command line: python -m core.diversity OUT [--size N] [--bins N] [--lpips NET]."""
+    """The command line: python -m core.diversity OUT [--size N] [--bins N] [--lpips NET | --dreamsim FOLDER]."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m core.diversity",
@@ -146,10 +146,20 @@ def main(argv=None) -> None:
     parser.add_argument("out_dir", help="the sweep's output folder (holds results.json and images/)")
     parser.add_argument("--size", type=int, default=256, help="downscale images to this many pixels (longer side)")
     parser.add_argument("--bins", type=int, default=16, help="histogram bins per channel")
-    parser.add_argument("--lpips", choices=("alex", "vgg", "squeeze"), help="also mean pairwise LPIPS")
+    perceptual = parser.add_mutually_exclusive_group()
+    perceptual.add_argument("--lpips", choices=("alex", "vgg", "squeeze"), help="also mean pairwise LPIPS")
+    perceptual.add_argument("--dreamsim", metavar="FOLDER",
+                            help="also mean pairwise DreamSim, weights read from FOLDER (models/metrics/dreamsim: "
+                                 "docs/metrics.md)")
+    parser.add_argument("--dreamsim-type", default="ensemble",
+                        choices=("ensemble", "dino_vitb16", "open_clip_vitb32", "clip_vitb32"))
     args = parser.parse_args(argv)
     extra = None
-    if args.lpips:
+    if args.dreamsim:
+        from .dreamsim import perceptual_measure
+
+        extra = perceptual_measure(args.dreamsim, args.dreamsim_type)
+    elif args.lpips:
         model = load_lpips(args.lpips)
         extra = (f"lpips_{args.lpips}", lambda images: lpips_diversity(model, images, args.size))
     for row in sweep_diversity(args.out_dir, args.size, args.bins, extra):

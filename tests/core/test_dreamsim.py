@@ -119,3 +119,36 @@ def test_missing_package_is_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "dreamsim", None)
     with pytest.raises(mm.MissingPackage, match="pip install dreamsim"):
         ds.load_dreamsim(str(tmp_path), "open_clip_vitb32")
+
+
+@needs_package
+def test_sweep_table_command_adds_the_mean_pairwise_dreamsim(tmp_path, no_network):
+    """python -m core.diversity OUT --dreamsim FOLDER: the setting's column is core's mean pairwise DreamSim."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from dreamsim_fixtures import save_random_dreamsim
+    from PIL import Image
+
+    folder = str(tmp_path / "dreamsim")
+    save_random_dreamsim(folder, "open_clip_vitb32", seed=2)
+    out = tmp_path / "sweep"
+    (out / "images").mkdir(parents=True)
+    batch = images(3, 32, 32, seed=4)
+    rows = []
+    for seed, im in enumerate(batch):
+        Image.fromarray((im.numpy() * 255).astype("uint8")).save(out / f"images/{seed}.png")
+        rows.append({"status": "ok", "seed": seed, "image": f"images/{seed}.png", "params": {"X.strength": 0.0}})
+    (out / "results.json").write_text(json.dumps({"rows": rows}))
+    proc = subprocess.run([sys.executable, "-m", "core.diversity", str(out), "--size", "32", "--dreamsim", folder,
+                           "--dreamsim-type", "open_clip_vitb32"], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((out / "diversity.json").read_text())
+    saved = torch.stack([torch.from_numpy(np.asarray(Image.open(out / f"images/{s}.png"), dtype=np.float32) / 255.0)
+                         for s in range(3)])
+    expected = ds.dreamsim_diversity(ds.load_dreamsim(folder, "open_clip_vitb32"), saved)
+    assert row["dreamsim_open_clip_vitb32"] == pytest.approx(expected, abs=1e-4)
