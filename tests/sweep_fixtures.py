@@ -83,3 +83,17 @@ def ray_command(spec_path, workflow, out, cluster, lab, comfyui_path, extra=()):
     args = command(spec_path, workflow, out, extra=extra)
     return args + ["--ray", cluster["address"], "--comfyui", str(comfyui_path), "--base-directory", str(lab.base),
                    "--server-arg=--cpu", "--scratch", os.path.join(cluster["root"], "servers")]
+
+
+SWEEP_CLIP_SEED = 7  # cos ~0.2 with the tiny models' images: CLIPScore clamps a negative cos to 0, which proves nothing
+
+
+def sweep_clip(lab):
+    """The tiny CLIP the sweep-scoring tests put in the lab server's models/metrics/clip/tiny-clip, written once:
+    the server loads a metric model once per folder, so every test that scores through it must use the same weights."""
+    from metric_fixtures import save_tiny_clip
+
+    path = lab.base / "models" / "metrics" / "clip" / "tiny-clip"
+    if not (path / "config.json").exists():
+        save_tiny_clip(str(path), seed=SWEEP_CLIP_SEED)
+    return path

@@ -14,8 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from metric_fixtures import save_tiny_clip
-from sweep_fixtures import command, ok_rows
+from sweep_fixtures import command, ok_rows, sweep_clip
 
 pytestmark = pytest.mark.integration
 SEEDS = [0, 1, 2]
@@ -23,9 +22,7 @@ SEEDS = [0, 1, 2]
 
 @pytest.fixture(scope="module")
 def clip_dir(lab):
-    path = lab.base / "models" / "metrics" / "clip" / "tiny-clip"  # the folder and seed test_sweep_scores uses
-    save_tiny_clip(str(path), seed=3)
-    return path
+    return sweep_clip(lab)
 
 
 def shrunk_spec(repo, tmp_path):
@@ -63,6 +60,8 @@ def test_seed_diversity_sweep_reports_diversity_and_fidelity(lab, clip_dir, tmp_
     spec_path, spec = shrunk_spec(repo, tmp_path)
     workflow = tmp_path / "tiny_seed_sweep.json"
     api = lab.workflow("zimage_seed_sweep.json")  # tiny models, 64 px
+    # the prompt the sweep-scoring tests' tiny CLIP (sweep_fixtures.sweep_clip) scores above 0 on tiny-model images
+    api["4"]["inputs"]["text"] = "a red fox sitting in fresh snow at golden hour, detailed fur, shallow depth of field"
     workflow.write_text(json.dumps(api))
     out = tmp_path / "out"
     proc = subprocess.run(command(spec_path, workflow, out, lab.url, extra=["--set", "Z-Image Sampler.steps=2"]),
@@ -82,6 +81,7 @@ def test_seed_diversity_sweep_reports_diversity_and_fidelity(lab, clip_dir, tmp_
         key = tuple(row["params"][a] for a in spec["params"])
         by_hand.setdefault(key, []).append((row["clip_score"], clip_score_by_hand(clip_dir, out / row["image"], text)))
 
+    assert all(h > 0 for scores in by_hand.values() for _, h in scores)  # a score clamped to 0 would compare nothing
     assert len(table) == 4 and {tuple(r[a] for a in spec["params"]) for r in table} == set(by_hand)
     names = {"stock"} | {a.rsplit(".", 1)[0] for a in spec["params"]}
     assert {(r["technique"], r["strength"]) for r in table} == {(n, 0.0 if n == "stock" else 1.0) for n in names}

@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metric_fixtures import save_tiny_clip
-from sweep_fixtures import command, files, ok_rows, ray_cluster, ray_command  # noqa: F401 (ray_cluster: a fixture)
+from sweep_fixtures import command, files, ok_rows, ray_cluster, ray_command, sweep_clip  # noqa: F401 (ray_cluster: a fixture)
 
 pytestmark = pytest.mark.integration
 SPEC = {"name": "tiny_scored", "params": {"Z-Image Sampler.steps": [2, 3]}, "seeds": [1],
@@ -22,9 +21,7 @@ MISSING = "pickscore: the server's models/metrics/pickscore/ holds no model; put
 
 @pytest.fixture(scope="module")
 def clip_dir(lab):
-    path = lab.base / "models" / "metrics" / "clip" / "tiny-clip"
-    save_tiny_clip(str(path), seed=7)  # cos ~0.2 with these images: CLIPScore clamps a negative cos to 0 for all
-    return path
+    return sweep_clip(lab)
 
 
 def positive_text(workflow) -> str:
