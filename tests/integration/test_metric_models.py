@@ -7,7 +7,8 @@ import torch
 
 import harness
 from core import metric_models as mm
-from metric_fixtures import fid_by_hand, save_random_alexnet, save_random_inception, save_tiny_clip
+from metric_fixtures import fid_by_hand, save_random_alexnet, save_random_inception
+from sweep_fixtures import sweep_clip
 from zlab.api import ComfyError
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,7 @@ COLOURS = (0x336699, 0xCC8844, 0x22AA22)
 @pytest.fixture(scope="module")
 def metrics_dir(lab):
     root = lab.base / "models" / "metrics"
-    save_tiny_clip(str(root / "clip" / "tiny-clip"), seed=3)
+    sweep_clip(lab)  # the server keeps one model per folder: every test that uses clip/tiny-clip writes the same weights
     save_random_alexnet(str(root / "lpips"))
     return root
 
